@@ -1,0 +1,407 @@
+"""Build a torchvision ResNet encoder and load an initialization into it, strictly.
+
+Owns ``load_encoder`` / ``build_encoder``: resolving ``init`` (catalogue name or
+checkpoint path), reading the file safely (``weights_only`` unless trusted, or
+safetensors), unwrapping containers, choosing the adapter, and the strict check
+that every encoder tensor is present with the right shape (design.md 8.6: a
+checkpoint whose prefix does not match must fail loudly, never run as random).
+Returns the model and an info dict for the run record.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models import ResNet
+
+from .adapters import ADAPTERS, Adapted, detect_format, strip_prefix
+from .catalogue import ARCHS, CHECKPOINT_SUFFIXES, InitEntry, get_entry, init_names, list_inits
+from .errors import (
+    CheckpointMismatchError,
+    HashMismatchError,
+    UntrustedCheckpointError,
+    UserCheckpointRequiredError,
+    WeightsError,
+)
+from .fetch import _no_download_message, fetch_verified, sha256_file, verify_file
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CONTAINER_KEYS = ("state_dict", "model", "module", "model_state", "model_state_dict", "net")
+_SHOW = 10
+
+# (blocks per stage, bottleneck) -> torchvision architecture
+_ARCH_SHAPES = {
+    ((2, 2, 2, 2), False): "resnet18",
+    ((3, 4, 6, 3), False): "resnet34",
+    ((3, 4, 6, 3), True): "resnet50",
+    ((3, 4, 23, 3), True): "resnet101",
+    ((3, 8, 36, 3), True): "resnet152",
+}
+
+
+# --------------------------------------------------------------------------- model
+
+
+def build_resnet(arch: str = "resnet50", in_channels: int = 3) -> ResNet:
+    """A randomly initialized torchvision ResNet with ``fc = Identity`` and ``in_channels`` inputs."""
+    if arch not in ARCHS:
+        raise WeightsError(f"unsupported arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    model = getattr(torchvision.models, arch)(weights=None)
+    model.fc = nn.Identity()
+    _set_in_channels(model, in_channels)
+    return model
+
+
+def _set_in_channels(model: ResNet, in_channels: int) -> None:
+    if model.conv1.in_channels != in_channels:
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+
+
+def encoder_keys(model: nn.Module) -> list[str]:
+    """The tensors a checkpoint must provide (``num_batches_tracked`` may be absent)."""
+    return [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
+
+
+def guess_arch(keys: Any) -> tuple[str | None, str]:
+    """Guess the ResNet depth from encoder-level keys: (name or None, description)."""
+    keys = list(keys)
+    depths = []
+    for i in range(1, 5):
+        idx = [
+            int(k.split(".")[1])
+            for k in keys
+            if k.startswith(f"layer{i}.") and k.split(".")[1].isdigit()
+        ]
+        depths.append(max(idx) + 1 if idx else 0)
+    bottleneck = any(k.startswith("layer") and ".conv3." in k for k in keys)
+    block = "Bottleneck" if bottleneck else "BasicBlock"
+    return _ARCH_SHAPES.get((tuple(depths), bottleneck)), f"{block}, blocks per stage {depths}"
+
+
+# ---------------------------------------------------------------------- checkpoint
+
+
+def read_checkpoint(path: str | Path, *, trust_checkpoint: bool = False) -> Any:
+    """Load a checkpoint file on CPU: safetensors, or torch.load with weights_only unless trusted."""
+    path = Path(path)
+    if path.name.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
+    except pickle.UnpicklingError as e:
+        if trust_checkpoint:
+            raise WeightsError(f"could not read checkpoint {path}: {e}") from e
+        first = str(e).strip().splitlines()[-1][:300] if str(e).strip() else ""
+        raise UntrustedCheckpointError(
+            f"{path} contains pickled Python objects besides tensors (e.g. Lightning "
+            f"hyper_parameters), which torch.load(weights_only=True) refuses to run. "
+            f"Pass --trust-checkpoint (Python: trust_checkpoint=True) only if you trust "
+            f"where this file comes from: unpickling can execute arbitrary code. ({first})"
+        ) from e
+    except (RuntimeError, OSError, EOFError, ValueError) as e:
+        raise WeightsError(f"could not read checkpoint {path}: {e}") from e
+
+
+def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
+    """The tensor dict inside a checkpoint: unwraps state_dict / model / module containers."""
+    for _ in range(5):
+        if isinstance(obj, nn.Module):
+            obj = obj.state_dict()
+        if not isinstance(obj, Mapping):
+            break
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            break
+        inner = next(
+            (obj[k] for k in CONTAINER_KEYS if isinstance(obj.get(k), Mapping | nn.Module)), None
+        )
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, Mapping):
+        raise CheckpointMismatchError(
+            f"the checkpoint holds a {type(obj).__name__}, not a state dict"
+        )
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        top = ", ".join(map(str, list(obj)[:_SHOW]))
+        raise CheckpointMismatchError(f"no tensors found in the checkpoint (top-level keys: {top})")
+    return tensors
+
+
+# ------------------------------------------------------------------------- loading
+
+
+def _head(items: list[str]) -> str:
+    shown = ", ".join(items[:_SHOW])
+    return shown + (f", ... (+{len(items) - _SHOW} more)" if len(items) > _SHOW else "")
+
+
+def _normalize_prefix(prefix: str) -> str:
+    return prefix if not prefix or prefix.endswith(".") else prefix + "."
+
+
+def _match(model: nn.Module, sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    target = model.state_dict()
+    expected = encoder_keys(model)
+    loadable = {
+        k: v for k, v in sd.items() if k in target and tuple(v.shape) == tuple(target[k].shape)
+    }
+    mismatched = [
+        f"{k}: checkpoint {tuple(sd[k].shape)} vs encoder {tuple(target[k].shape)}"
+        for k in sd
+        if k in target and k not in loadable
+    ]
+    return {
+        "loadable": loadable,
+        "expected": expected,
+        "missing": [k for k in expected if k not in sd],
+        "unexpected": sorted(k for k in sd if k not in target),
+        "shape_mismatched": mismatched,
+    }
+
+
+def _mismatch_message(
+    what: str, arch: str, m: dict[str, Any], adapted: Adapted, raw_sd: Mapping[str, torch.Tensor]
+) -> str:
+    n_ok = sum(1 for k in m["loadable"] if k in set(m["expected"]))
+    lines = [
+        f"{what} does not cover the {arch} encoder: {n_ok} of {len(m['expected'])} tensors match."
+    ]
+    for label, items in (
+        ("missing", m["missing"]),
+        ("unexpected", m["unexpected"]),
+        ("shape mismatch", m["shape_mismatched"]),
+    ):
+        if items:
+            lines.append(f"  {label} ({len(items)}): {_head(items)}")
+    guessed, desc = guess_arch(adapted.state_dict)
+    if guessed and guessed != arch:
+        lines.append(
+            f"  The checkpoint looks like {guessed} ({desc}) but arch={arch} was asked: use --arch {guessed}."
+        )
+    elif guessed is None and any(k.startswith("layer") for k in adapted.state_dict):
+        lines.append(f"  The checkpoint is not a torchvision ResNet18/34/50 ({desc}).")
+    conv1 = adapted.state_dict.get("conv1.weight")
+    if (
+        conv1 is not None
+        and conv1.ndim == 4
+        and any(s.startswith("conv1.weight") for s in m["shape_mismatched"])
+    ):
+        lines.append(f"  Its conv1 takes {conv1.shape[1]} input channel(s).")
+    if n_ok == 0:
+        fmt, other, n = detect_format(raw_sd, set(m["expected"]))
+        if n:
+            lines.append(
+                f"  Its keys look like the {fmt!r} layout (prefix {other.prefix!r}, {n} tensors): "
+                f"load the file as a path, or pass prefix={other.prefix!r} (--prefix)."
+            )
+        else:
+            lines.append(f"  First keys of the checkpoint: {_head(list(raw_sd))}")
+    lines.append("Pass allow_partial=True (--allow-partial) to load only the matching tensors.")
+    return "\n".join(lines)
+
+
+def _family_normalization(fmt: str, in_channels: int) -> tuple[list[float], list[float], str]:
+    """Normalization for a checkpoint path: from the catalogue entry of its layout, else ImageNet."""
+    if fmt not in ("plain", "lightning", "prefix"):
+        for entry in list_inits():
+            if entry.format == fmt and entry.in_channels == in_channels:
+                return (
+                    list(entry.mean),
+                    list(entry.std),
+                    f"catalogue entry {entry.name!r} (same layout)",
+                )
+    if in_channels == 3:
+        mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+    else:
+        mean, std = (
+            [round(sum(IMAGENET_MEAN) / 3, 3)] * in_channels,
+            [round(sum(IMAGENET_STD) / 3, 3)] * in_channels,
+        )
+    return mean, std, "ImageNet default (a checkpoint path does not say how it was normalized)"
+
+
+def _resolve_init(init: str | os.PathLike | InitEntry) -> tuple[InitEntry | None, Path | None]:
+    if isinstance(init, InitEntry):
+        return init, None
+    text = os.fspath(init)
+    if not isinstance(init, os.PathLike) and text in init_names():
+        return get_entry(text), None
+    path = Path(text).expanduser()
+    if path.is_file():
+        return None, path.resolve()
+    if (
+        isinstance(init, os.PathLike)
+        or text.endswith(CHECKPOINT_SUFFIXES)
+        or "/" in text
+        or os.sep in text
+    ):
+        raise WeightsError(f"checkpoint file not found: {path.resolve()}")
+    get_entry(text)  # raises UnknownInitError listing the known names
+    raise AssertionError("unreachable")
+
+
+def load_encoder(
+    init: str | os.PathLike | InitEntry,
+    arch: str = "resnet50",
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    prefix: str | None = None,
+    allow_partial: bool = False,
+    trust_checkpoint: bool = False,
+    offline: bool | None = None,
+) -> tuple[ResNet, dict[str, Any]]:
+    """Build a torchvision ResNet (fc = Identity) with ``init``'s weights, checked strictly.
+
+    ``init`` is a catalogue name or a checkpoint path (.pth/.pt/.pth.tar/.ckpt/.safetensors).
+    ``checkpoint`` supplies the file for a user_checkpoint entry, or replaces a catalogue
+    entry's download. ``prefix`` strips exactly that prefix instead of the format's adapter.
+    Every encoder tensor must be loaded with the right shape, else
+    ``CheckpointMismatchError``; ``allow_partial=True`` loads what matches and says so.
+    Returns ``(model, info)``; info is meant for the run record.
+    """
+    if arch not in ARCHS:
+        raise WeightsError(f"unsupported arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    entry, path = _resolve_init(init)
+    source: str
+    verified: bool | None = None
+
+    if entry is not None:
+        init_name = entry.name
+        if not entry.has_weights:
+            if checkpoint is not None or prefix is not None:
+                raise WeightsError(
+                    f"{entry.name!r} loads no weights; it takes no checkpoint or prefix"
+                )
+            model = build_resnet(arch, entry.in_channels)
+            return model, _info(
+                init=entry.name, arch=arch, source="none", file=None, sha256=None, verified=None,
+                fmt="none", prefix=None, loaded=0, expected=0, match=None, ignored=[], partial=False,
+                in_channels=entry.in_channels, mean=list(entry.mean), std=list(entry.std),
+                normalization=f"catalogue entry {entry.name!r}", entry=entry,
+            )  # fmt: skip
+        if checkpoint is not None:
+            path = Path(checkpoint).expanduser().resolve()
+            if not path.is_file():
+                raise WeightsError(f"checkpoint file not found: {path}")
+            sha = sha256_file(path)
+            src = entry.source(arch)
+            if src is not None and (src.sha256 or src.hash_prefix):
+                try:
+                    verified = verify_file(path, src.sha256, src.hash_prefix, actual=sha)[1]
+                except HashMismatchError:
+                    verified = False
+                    warnings.warn(
+                        f"{path} is not the catalogue's {entry.name!r} file for {arch} (hash differs); "
+                        "loading it as given.",
+                        stacklevel=2,
+                    )
+            source = str(path)
+        elif entry.user_checkpoint:
+            raise UserCheckpointRequiredError(_no_download_message(entry))
+        else:
+            if arch not in entry.archs:
+                raise WeightsError(
+                    f"{entry.name!r} provides {', '.join(entry.archs)}, not {arch}; "
+                    f"pick --arch {entry.archs[0]} or pass your own --checkpoint"
+                )
+            path, sha, verified = fetch_verified(entry, arch, offline=offline)
+            source = entry.source(arch).url  # type: ignore[union-attr]
+        in_channels = entry.in_channels
+        fmt = entry.format
+    else:
+        assert path is not None
+        init_name = os.fspath(init)
+        sha = sha256_file(path)
+        source = str(path)
+        fmt = "auto"
+        in_channels = None
+
+    raw_sd = unwrap_state_dict(read_checkpoint(path, trust_checkpoint=trust_checkpoint))
+    model = build_resnet(arch)
+    expected = set(encoder_keys(model))
+    if prefix is not None:
+        fmt = "prefix"
+        adapted = strip_prefix(raw_sd, _normalize_prefix(prefix))
+    elif fmt == "auto":
+        fmt, adapted, _ = detect_format(raw_sd, expected)
+    else:
+        adapted = ADAPTERS[fmt](raw_sd, expected)
+
+    if in_channels is None:
+        conv1 = adapted.state_dict.get("conv1.weight")
+        in_channels = int(conv1.shape[1]) if conv1 is not None and conv1.ndim == 4 else 3
+    _set_in_channels(model, in_channels)
+    if entry is not None:
+        mean, std, norm = list(entry.mean), list(entry.std), f"catalogue entry {entry.name!r}"
+    else:
+        mean, std, norm = _family_normalization(fmt, in_channels)
+
+    m = _match(model, adapted.state_dict)
+    n_loaded = sum(1 for k in m["loadable"] if k in expected)
+    complete = not (m["missing"] or m["unexpected"] or m["shape_mismatched"])
+    what = f"checkpoint {path} (format {fmt}, prefix {adapted.prefix!r})"
+    if not complete and (not allow_partial or n_loaded == 0):
+        raise CheckpointMismatchError(_mismatch_message(what, arch, m, adapted, raw_sd))
+    result = model.load_state_dict(m["loadable"], strict=False)
+    assert not result.unexpected_keys, result.unexpected_keys
+    partial = n_loaded < len(m["expected"])
+    if not complete:
+        warnings.warn(
+            f"partial load of {what}: {n_loaded}/{len(m['expected'])} encoder tensors; "
+            f"{len(m['missing'])} missing, {len(m['unexpected'])} unexpected, "
+            f"{len(m['shape_mismatched'])} with the wrong shape keep their random init",
+            stacklevel=2,
+        )
+    return model, _info(
+        init=init_name, arch=arch, source=source, file=str(path), sha256=sha, verified=verified,
+        fmt=fmt, prefix=adapted.prefix, loaded=n_loaded, expected=len(m["expected"]), match=m,
+        ignored=adapted.ignored, partial=partial, in_channels=in_channels, mean=mean, std=std,
+        normalization=norm, entry=entry,
+    )  # fmt: skip
+
+
+def _info(
+    *, init, arch, source, file, sha256, verified, fmt, prefix, loaded, expected, match, ignored,
+    partial, in_channels, mean, std, normalization, entry: InitEntry | None,
+) -> dict[str, Any]:  # fmt: skip
+    return {
+        "init": init,
+        "arch": arch,
+        "source": source,
+        "file": file,
+        "sha256": sha256,
+        "sha256_verified": verified,
+        "format": fmt,
+        "prefix": prefix,
+        "tensors_loaded": loaded,
+        "tensors_expected": expected,
+        "missing": list(match["missing"]) if match else [],
+        "unexpected": list(match["unexpected"]) if match else [],
+        "shape_mismatched": list(match["shape_mismatched"]) if match else [],
+        "ignored": list(ignored),
+        "partial": partial,
+        "in_channels": in_channels,
+        "mean": list(mean),
+        "std": list(std),
+        "normalization": normalization,
+        "pretrained_on": list(entry.pretrained_on) if entry else [],
+        "seen_tasks": list(entry.seen_tasks) if entry else [],
+        "citation": entry.citation if entry else None,
+    }
+
+
+def build_encoder(init: str | os.PathLike | InitEntry, arch: str = "resnet50", **kw: Any) -> ResNet:
+    """``load_encoder(init, arch, **kw)[0]``: the design's contract (design.md section 3)."""
+    return load_encoder(init, arch, **kw)[0]
