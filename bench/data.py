@@ -43,8 +43,8 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, i: int):
         j = self.indices[i]
         return (
-            torch.from_numpy(np.ascontiguousarray(self.images[j])),
-            torch.from_numpy(np.ascontiguousarray(self.masks[j])),
+            torch.from_numpy(np.array(self.images[j])),
+            torch.from_numpy(np.array(self.masks[j])),
             j,
         )
 

@@ -38,6 +38,7 @@ DEMO = {
     "fractions": (0.1, 1.0),
     "seeds": (0, 1),
     "pretrain_epochs": 6,
+    "lr": 1e-3,
 }
 QUICK = {**DEMO, "n": 60, "pretrain_n": 60, "synth_size": 64, "epochs": 2, "seeds": (0,),
          "fractions": (0.5, 1.0), "pretrain_epochs": 1}
@@ -99,7 +100,7 @@ def demo_configs(out: Path, data_root: Path, checkpoint: Path, s: dict) -> list[
                 task="siim", init=init, init_name=name, protocol=protocol, fraction=fraction,
                 seed=seed, data_root=str(data_root), out=str(out / "records"), arch=s["arch"],
                 image_size=s["image_size"], epochs=s["epochs"], patience=s["patience"],
-                batch_size=s["batch_size"], device="cpu", progress=False,
+                batch_size=s["batch_size"], lr=s["lr"], device="cpu", progress=False,
             )
         )
     return configs
@@ -108,15 +109,15 @@ def demo_configs(out: Path, data_root: Path, checkpoint: Path, s: dict) -> list[
 def run_demo(out: Path, report: Path, quick: bool = False, progress: bool = True) -> Path:
     from bench.report import write_report
     from bench.runner import RunFailed, execute
-    from tasks.siim import synth
+    from tasks.siim import synth, synth_pretrain
 
     s = QUICK if quick else DEMO
     t0 = time.perf_counter()
     data_root = out / "data" / "siim"
     pretrain_root = out / "data" / "siim-pretrain"
-    for root, n, seed in ((data_root, s["n"], 0), (pretrain_root, s["pretrain_n"], 1000)):
+    for make, root, n in ((synth, data_root, s["n"]), (synth_pretrain, pretrain_root, s["pretrain_n"])):
         if not (root / "train-rle.csv").exists():
-            synth(root, n=n, seed=seed, size=s["synth_size"], progress=progress)
+            make(root, n=n, seed=0, size=s["synth_size"], progress=progress)
     announce_synthetic(out / "data")
     checkpoint = pretrain_supervised(
         pretrain_root, out / f"supervised-synth-{s['arch']}.pth", s, progress

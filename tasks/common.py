@@ -116,13 +116,11 @@ def read_dicom_with_header(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
         raw = ds.pixel_array
     except Exception as e:
         raise DicomReadError(
-            f"{path}: cannot decode pixel data (transfer syntax "
-            f"{header['transfer_syntax']}): {e}"
+            f"{path}: cannot decode pixel data (transfer syntax {header['transfer_syntax']}): {e}"
         ) from e
     if raw.ndim != 2:
         raise DicomReadError(
-            f"{path}: expected a single-frame grayscale image, got pixel array of shape "
-            f"{raw.shape}"
+            f"{path}: expected a single-frame grayscale image, got pixel array of shape {raw.shape}"
         )
     if header["photometric"] == "MONOCHROME1":
         raw = _invert(raw, ds)
@@ -199,8 +197,9 @@ def write_dicom(
 ) -> Path:
     """Write a real Secondary Capture DICOM whose `read_dicom` gives back `pixels_uint8`.
 
-    compression: None (Explicit VR Little Endian), "rle" (RLE Lossless, pydicom's own
-    encoder) or "jpeg" (JPEG Baseline 8-bit via Pillow, quality 95; lossy, so reading it
+    compression: None (Explicit VR Little Endian), "rle" (RLE Lossless via pydicom's
+    `Dataset.compress`, which uses pylibjpeg-rle when installed, else its own encoder)
+    or "jpeg" (JPEG Baseline 8-bit via Pillow, quality 95; lossy, so reading it
     back is close but not exact). monochrome1 stores inverted values with
     PhotometricInterpretation MONOCHROME1. rescale=(slope, intercept) stores
     round((pixels - intercept) / slope) with RescaleSlope/Intercept; the round trip is
@@ -261,10 +260,10 @@ def write_dicom(
     ds["PixelData"].VR = "OB"
 
     if compression == "rle":
-        ds.compress(RLELossless, encoding_plugin="pydicom")
+        ds.compress(RLELossless, generate_instance_uid=False)
     elif compression == "jpeg":
         buf = io.BytesIO()
-        Image.fromarray(stored, mode="L").save(
+        Image.fromarray(stored).save(
             buf, format="JPEG", quality=95, optimize=False, progressive=False
         )
         ds.PixelData = pydicom.encaps.encapsulate([buf.getvalue()])
@@ -347,7 +346,9 @@ def fraction_subset(
         raise ValueError(f"label fraction must be a number in (0, 1], got {fraction!r}") from None
     if not (0 < fraction <= 1):
         raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
-    ordered = sorted(dict.fromkeys(str(i) for i in train_ids), key=lambda i: (_hash_unit(salt, i), i))
+    ordered = sorted(
+        dict.fromkeys(str(i) for i in train_ids), key=lambda i: (_hash_unit(salt, i), i)
+    )
     if not ordered:
         return []
     k = max(1, math.ceil(round(fraction * len(ordered), 9)))
@@ -485,7 +486,9 @@ class Prepared:
         return len(self.ids)
 
 
-def cache_key(task: str, image_size: int, key_material: dict, files: Iterable[Path], root: Path) -> str:
+def cache_key(
+    task: str, image_size: int, key_material: dict, files: Iterable[Path], root: Path
+) -> str:
     """sha256 over everything a cache's content depends on.
 
     key_material: task-specific settings (label file sha256, rle format, ...).
@@ -509,7 +512,7 @@ def cache_key(task: str, image_size: int, key_material: dict, files: Iterable[Pa
 def _file_stats(files: Iterable[Path], root: Path):
     for f in files:
         st = os.stat(f)
-        yield (_rel(f, root), st.st_size, st.st_mtime_ns)
+        yield (relative_path(f, root), st.st_size, st.st_mtime_ns)
 
 
 def cache_dir_for(task: str, key: str) -> Path:
@@ -528,10 +531,11 @@ def load_prepared(cache_dir: Path) -> Prepared | None:
     if manifest.get("format_version") != CACHE_FORMAT_VERSION:
         return None
     items = manifest["items"]
-    images = np.load(cache_dir / "images.npy", mmap_mode="r") if items else _empty(manifest)
-    masks = None
-    if manifest.get("has_masks"):
-        masks = np.load(cache_dir / "masks.npy", mmap_mode="r") if items else _empty(manifest)
+    try:
+        images = np.load(cache_dir / "images.npy", mmap_mode="r")
+        masks = np.load(cache_dir / "masks.npy", mmap_mode="r") if manifest["has_masks"] else None
+    except (OSError, ValueError):
+        return None  # damaged by hand: treated as absent and rebuilt
     return Prepared(
         root=Path(manifest["source_root"]),
         cache_dir=cache_dir,
@@ -545,11 +549,6 @@ def load_prepared(cache_dir: Path) -> Prepared | None:
         manifest=manifest,
         synthetic=bool(manifest.get("synthetic")),
     )
-
-
-def _empty(manifest: dict) -> np.ndarray:
-    s = int(manifest["image_size"])
-    return np.zeros((0, s, s), np.uint8)
 
 
 def build_cache(
@@ -579,6 +578,8 @@ def build_cache(
         raise ValueError(f"image_size must be a positive integer, got {image_size}")
     s = int(image_size)
     root = Path(root).resolve()
+    if not items:
+        raise DataError(f"{root}: no {task} images to prepare")
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{cache_dir.name}-", dir=cache_dir.parent))
     try:
@@ -598,7 +599,9 @@ def build_cache(
                 if strict:
                     raise
                 warnings.warn(f"skipping corrupt DICOM: {e}", stacklevel=2)
-                skipped.append({"id": item["id"], "path": _rel(item["path"], root), "error": str(e)})
+                skipped.append(
+                    {"id": item["id"], "path": relative_path(item["path"], root), "error": str(e)}
+                )
                 continue
             k = len(records)
             image = out["image"]
@@ -609,12 +612,17 @@ def build_cache(
                 {
                     "id": item["id"],
                     "patient_id": out.get("patient_id") or "",
-                    "path": _rel(item["path"], root),
+                    "path": relative_path(item["path"], root),
                     "orig_size": [int(image.shape[0]), int(image.shape[1])],
                     **out.get("meta", {}),
                 }
             )
         del images, masks  # flush and close the memmaps
+        if not records:
+            raise DataError(
+                f"{root}: none of the {n} {task} DICOM files could be read; first error: "
+                f"{skipped[0]['error']}"
+            )
         if len(records) < n:
             _truncate_npy(tmp / "images.npy", len(records))
             if has_masks:
@@ -647,7 +655,8 @@ def build_cache(
     return prepared
 
 
-def _rel(path, root: Path) -> str:
+def relative_path(path, root: Path) -> str:
+    """path relative to root (POSIX style), or the absolute path when outside root."""
     p = Path(path).resolve()
     try:
         return p.relative_to(root).as_posix()
@@ -694,7 +703,7 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
         return (np.asarray(mask) > 0).astype(np.uint8)
     shrink = mask.shape[0] >= size and mask.shape[1] >= size
     resample = Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR
-    frac = Image.fromarray((np.asarray(mask) > 0).astype(np.float32), mode="F")
+    frac = Image.fromarray((np.asarray(mask) > 0).astype(np.float32))
     return (np.asarray(frac.resize((size, size), resample)) >= 0.5).astype(np.uint8)
 
 

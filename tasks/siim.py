@@ -205,7 +205,9 @@ def read_labels(csv_path, rle_format: str) -> dict[str, list[tuple[int, str]]]:
                     continue
                 line = reader.line_num
                 if len(row) <= max(id_col, rle_col):
-                    raise DataError(f"{csv_path}: line {line}: expected {len(header)} columns, got {row}")
+                    raise DataError(
+                        f"{csv_path}: line {line}: expected {len(header)} columns, got {row}"
+                    )
                 image_id, rle = row[id_col].strip(), row[rle_col].strip()
                 if not image_id:
                     raise DataError(f"{csv_path}: line {line}: empty ImageId")
@@ -213,7 +215,9 @@ def read_labels(csv_path, rle_format: str) -> dict[str, list[tuple[int, str]]]:
                     try:
                         _runs(rle, rle_format)
                     except ValueError as e:
-                        raise DataError(f"{csv_path}: line {line}: ImageId {image_id}: {e}") from None
+                        raise DataError(
+                            f"{csv_path}: line {line}: ImageId {image_id}: {e}"
+                        ) from None
                 labels.setdefault(image_id, []).append((line, rle))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"{csv_path}: cannot read label CSV ({e})") from e
@@ -296,7 +300,7 @@ def prepare(
             },
             "label_ids_without_dicom": scan["without_dicom"],
             "dicoms_without_labels": [
-                common._rel(scan["dicoms"][i], root) for i in scan["without_labels"]
+                common.relative_path(scan["dicoms"][i], root) for i in scan["without_labels"]
             ],
         }
         load = functools.partial(_load_item, label_csv=label_csv, fmt=scan["rle_format"])
@@ -479,7 +483,7 @@ def _ellipse(xx, yy, cx, cy, ax, ay):
 
 
 def _smooth_noise(rng, size: int, cells: int) -> np.ndarray:
-    coarse = Image.fromarray(rng.standard_normal((cells, cells)).astype(np.float32), mode="F")
+    coarse = Image.fromarray(rng.standard_normal((cells, cells)).astype(np.float32))
     return np.asarray(coarse.resize((size, size), Image.Resampling.BICUBIC))
 
 
@@ -497,11 +501,15 @@ def _render(rng: np.random.Generator, size: int, ptx_sides: list[int]):
     cx, cy = 0.5 + rng.normal(0, 0.012), 0.56 + rng.normal(0, 0.012)
     bg, tissue = rng.uniform(8, 25), rng.uniform(150, 175)
     lung_level = rng.uniform(75, 95)
-    body = np.clip((1 - _ellipse(xx, yy, cx, cy, rng.uniform(0.40, 0.45), rng.uniform(0.5, 0.56))) / 0.06, 0, 1)
+    body = np.clip(
+        (1 - _ellipse(xx, yy, cx, cy, rng.uniform(0.40, 0.45), rng.uniform(0.5, 0.56))) / 0.06, 0, 1
+    )
     img = bg + (tissue - bg + 25 * (yy - 0.5)) * body
 
     freq, phase = rng.uniform(8.5, 10.0), rng.uniform(0, 1)
-    ribs = np.clip((np.cos(2 * np.pi * ((yy + 0.9 * (xx - cx) ** 2) * freq + phase)) - 0.5) / 0.5, 0, 1)
+    ribs = np.clip(
+        (np.cos(2 * np.pi * ((yy + 0.9 * (xx - cx) ** 2) * freq + phase)) - 0.5) / 0.5, 0, 1
+    )
     markings = 0.6 * _smooth_noise(rng, size, 10) + 0.4 * _smooth_noise(rng, size, 32)
 
     lung_soft = np.zeros((size, size), np.float32)
@@ -524,7 +532,12 @@ def _render(rng: np.random.Generator, size: int, ptx_sides: list[int]):
             regions.append(region.astype(np.uint8))
 
     lung_tex = ribs * 28 + markings * 9
-    img = img - (tissue - lung_level) * lung_soft + lung_tex * lung_soft + 8 * ribs * body * (1 - lung_soft)
+    img = (
+        img
+        - (tissue - lung_level) * lung_soft
+        + lung_tex * lung_soft
+        + 8 * ribs * body * (1 - lung_soft)
+    )
     heart = np.clip((1 - _ellipse(xx, yy, cx + 0.05, cy + 0.1, 0.13, 0.11)) / 0.3, 0, 1)
     spine = np.exp(-(((xx - cx) / 0.035) ** 2)) * body
     img = img + 45 * heart + 30 * spine
@@ -546,7 +559,9 @@ def synth(out, n: int = 200, seed: int = 0, size: int = 1024, progress: bool = T
     return _write_set(out, n, seed, size, "siim", progress, labels_csv=False)
 
 
-def synth_pretrain(out, n: int = 200, seed: int = 0, size: int = 1024, progress: bool = True) -> dict:
+def synth_pretrain(
+    out, n: int = 200, seed: int = 0, size: int = 1024, progress: bool = True
+) -> dict:
     """A separate synthetic set for the demo's supervised pretraining.
 
     Same generator and layout as `synth` but another random stream and ImageId range

@@ -118,13 +118,25 @@ def test_xrv_like_one_channel_checkpoint(tmp_path, r18):
 def test_moco_checkpoint_keeps_query_encoder(tmp_path, r18):
     key_encoder = _random_resnet18_sd(5)  # different values: loading encoder_k would be caught
     sd = {"module.encoder_q." + k: v for k, v in _encoder(r18).items()}
-    sd.update({"module.encoder_q.fc.0.weight": torch.randn(512, 512), "module.encoder_q.fc.0.bias": torch.randn(512)})
-    sd.update({"module.encoder_q.fc.2.weight": torch.randn(128, 512), "module.encoder_q.fc.2.bias": torch.randn(128)})
+    sd.update(
+        {
+            "module.encoder_q.fc.0.weight": torch.randn(512, 512),
+            "module.encoder_q.fc.0.bias": torch.randn(512),
+        }
+    )
+    sd.update(
+        {
+            "module.encoder_q.fc.2.weight": torch.randn(128, 512),
+            "module.encoder_q.fc.2.bias": torch.randn(128),
+        }
+    )
     sd.update({"module.encoder_k." + k: v for k, v in _encoder(key_encoder).items()})
     sd["module.queue"] = torch.randn(128, 4096)
     sd["module.queue_ptr"] = torch.zeros(1, dtype=torch.long)
     path = tmp_path / "r8w-00001.pth.tar"
-    torch.save({"epoch": 20, "arch": "resnet18", "state_dict": sd, "optimizer": {"state": {}}}, path)
+    torch.save(
+        {"epoch": 20, "arch": "resnet18", "state_dict": sd, "optimizer": {"state": {}}}, path
+    )
 
     for init, kw in ((str(path), {}), ("moco", {"checkpoint": path})):
         model, info = load_encoder(init, "resnet18", **kw)
@@ -132,11 +144,19 @@ def test_moco_checkpoint_keeps_query_encoder(tmp_path, r18):
         _check_info(info, path, "moco")
         assert info["prefix"] == "module.encoder_q."
         assert "module.encoder_k.* (120 tensors)" in info["ignored"]
-        assert {"module.queue", "module.queue_ptr", "fc.0.weight", "fc.2.bias"} <= set(info["ignored"])
+        assert {"module.queue", "module.queue_ptr", "fc.0.weight", "fc.2.bias"} <= set(
+            info["ignored"]
+        )
 
 
 def _lightning(state_dict: dict, **extra) -> dict:
-    return {"epoch": 3, "global_step": 120, "pytorch-lightning_version": "1.9.0", "state_dict": state_dict, **extra}
+    return {
+        "epoch": 3,
+        "global_step": 120,
+        "pytorch-lightning_version": "1.9.0",
+        "state_dict": state_dict,
+        **extra,
+    }
 
 
 def _gloria_sd(r18: dict) -> dict:
@@ -157,7 +177,9 @@ def test_gloria_lightning_checkpoint(tmp_path, r18):
 
 
 def test_mgca_checkpoint_renames_blocks_to_layer(tmp_path, r18):
-    sd = {"img_encoder_q.model." + k.replace("layer", "blocks"): v for k, v in _encoder(r18).items()}
+    sd = {
+        "img_encoder_q.model." + k.replace("layer", "blocks"): v for k, v in _encoder(r18).items()
+    }
     assert any("blocks" in k for k in sd)
     sd["img_encoder_q.global_embed.head.weight"] = torch.randn(128, 512)
     sd["text_encoder_q.model.embeddings.word_embeddings.weight"] = torch.randn(30, 8)
@@ -256,7 +278,9 @@ def test_partial_checkpoint_lists_missing_keys(tmp_path, r18):
     torch.save(sd, path)
     with pytest.raises(CheckpointMismatchError) as err:
         load_encoder(str(path), "resnet18")
-    n_missing = sum(1 for k in r18 if k.startswith("layer4.") and not k.endswith("num_batches_tracked"))
+    n_missing = sum(
+        1 for k in r18 if k.startswith("layer4.") and not k.endswith("num_batches_tracked")
+    )
     assert f"missing ({n_missing})" in str(err.value)
     assert "layer4.0.conv1.weight" in str(err.value)
     assert "allow_partial" in str(err.value)
@@ -269,7 +293,10 @@ def test_allow_partial_loads_what_matches(tmp_path, r18):
     with pytest.warns(UserWarning, match="partial load"):
         model, info = load_encoder(str(path), "resnet18", allow_partial=True)
     assert info["partial"] is True
-    assert info["tensors_loaded"] == N_R18 - len(info["missing"]) and "layer4.0.conv1.weight" in info["missing"]
+    assert (
+        info["tensors_loaded"] == N_R18 - len(info["missing"])
+        and "layer4.0.conv1.weight" in info["missing"]
+    )
     loaded = model.state_dict()
     for k, v in sd.items():
         if not k.startswith("fc."):
@@ -282,7 +309,9 @@ def test_prefix_that_matches_nothing_fails_and_suggests_layout(tmp_path, r18):
     with pytest.raises(CheckpointMismatchError) as err:
         load_encoder("mgca", "resnet18", checkpoint=path)  # wrong family: MGCA's prefix is absent
     assert "0 of 100" in str(err.value) and "'gloria' layout" in str(err.value)
-    with pytest.raises(CheckpointMismatchError):  # allow_partial never turns "nothing matched" into random
+    with pytest.raises(
+        CheckpointMismatchError
+    ):  # allow_partial never turns "nothing matched" into random
         load_encoder("mgca", "resnet18", checkpoint=path, allow_partial=True)
 
 
@@ -295,7 +324,9 @@ def test_checkpoint_with_no_resnet_keys(tmp_path):
 
 def test_pickled_namespace_needs_trust(tmp_path, r18):
     path = tmp_path / "with_hparams.ckpt"
-    torch.save(_lightning(_gloria_sd(r18), hyper_parameters=argparse.Namespace(lr=1e-4, emb_dim=768)), path)
+    torch.save(
+        _lightning(_gloria_sd(r18), hyper_parameters=argparse.Namespace(lr=1e-4, emb_dim=768)), path
+    )
     with pytest.raises(UntrustedCheckpointError) as err:
         load_encoder("gloria", "resnet18", checkpoint=path)
     assert str(path) in str(err.value) and "--trust-checkpoint" in str(err.value)
@@ -352,6 +383,8 @@ def test_random_loads_nothing_and_follows_the_global_seed():
 
 
 def test_check_leakage_accepts_entries_and_names():
-    assert wr.check_leakage("supervised", "siim") and wr.check_leakage(wr.get_entry("supervised"), "rsna")
+    assert wr.check_leakage("supervised", "siim") and wr.check_leakage(
+        wr.get_entry("supervised"), "rsna"
+    )
     assert not wr.check_leakage("imagenet", "siim")
     assert not wr.check_leakage({"seen_tasks": []}, "rsna")

@@ -163,6 +163,7 @@ def _match(model: nn.Module, sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         if k in target and k not in loadable
     ]
     return {
+        "in_channels": model.conv1.in_channels,
         "loadable": loadable,
         "expected": expected,
         "missing": [k for k in expected if k not in sd],
@@ -198,7 +199,10 @@ def _mismatch_message(
         and conv1.ndim == 4
         and any(s.startswith("conv1.weight") for s in m["shape_mismatched"])
     ):
-        lines.append(f"  Its conv1 takes {conv1.shape[1]} input channel(s).")
+        lines.append(
+            f"  Its conv1 takes {conv1.shape[1]} input channel(s); the encoder was built for "
+            f"{m['in_channels']} (the entry's in_channels)."
+        )
     if n_ok == 0:
         fmt, other, n = detect_format(raw_sd, set(m["expected"]))
         if n:
@@ -252,6 +256,64 @@ def _resolve_init(init: str | os.PathLike | InitEntry) -> tuple[InitEntry | None
     raise AssertionError("unreachable")
 
 
+def _random_info(entry: InitEntry, arch: str) -> dict[str, Any]:
+    info = {
+        "init": entry.name,
+        "arch": arch,
+        "source": "none",
+        "file": None,
+        "sha256": None,
+        "sha256_verified": None,
+        "format": "none",
+        "prefix": None,
+        "tensors_loaded": 0,
+        "tensors_expected": 0,
+        "missing": [],
+        "unexpected": [],
+        "shape_mismatched": [],
+        "ignored": [],
+        "partial": False,
+        "in_channels": entry.in_channels,
+        "mean": list(entry.mean),
+        "std": list(entry.std),
+        "normalization": f"catalogue entry {entry.name!r}",
+    }
+    return {**info, **_provenance(entry)}
+
+
+def _locate(
+    entry: InitEntry, arch: str, checkpoint: str | os.PathLike | None, offline: bool | None
+) -> tuple[Path, str, bool | None, str]:
+    """The file for a catalogue entry: (path, sha256, verified, source)."""
+    if checkpoint is None and entry.user_checkpoint:
+        raise UserCheckpointRequiredError(_no_download_message(entry))
+    if checkpoint is None:
+        if arch not in entry.archs:
+            raise WeightsError(
+                f"{entry.name!r} provides {', '.join(entry.archs)}, not {arch}; "
+                f"pick --arch {entry.archs[0]} or pass your own --checkpoint"
+            )
+        path, sha, verified = fetch_verified(entry, arch, offline=offline)
+        return path, sha, verified, entry.source(arch).url  # type: ignore[union-attr,return-value]
+
+    path = Path(checkpoint).expanduser().resolve()
+    if not path.is_file():
+        raise WeightsError(f"checkpoint file not found: {path}")
+    sha, verified = sha256_file(path), None
+    src = entry.source(arch)
+    if src is not None and (src.sha256 or src.hash_prefix):
+        try:
+            verified = verify_file(path, src.sha256, src.hash_prefix, actual=sha)[1]
+        except HashMismatchError:
+            verified = False
+            warnings.warn(
+                f"{path} is not the catalogue's {entry.name!r} file for {arch} (hash differs); "
+                "loading it as given.",
+                stacklevel=3,
+            )
+    return path, sha, verified, str(path)
+
+
 def load_encoder(
     init: str | os.PathLike | InitEntry,
     arch: str = "resnet50",
@@ -274,59 +336,17 @@ def load_encoder(
     if arch not in ARCHS:
         raise WeightsError(f"unsupported arch {arch!r}; choose one of {', '.join(ARCHS)}")
     entry, path = _resolve_init(init)
-    source: str
-    verified: bool | None = None
-
+    if entry is not None and not entry.has_weights:
+        if checkpoint is not None or prefix is not None:
+            raise WeightsError(f"{entry.name!r} loads no weights; it takes no checkpoint or prefix")
+        return build_resnet(arch, entry.in_channels), _random_info(entry, arch)
     if entry is not None:
-        init_name = entry.name
-        if not entry.has_weights:
-            if checkpoint is not None or prefix is not None:
-                raise WeightsError(
-                    f"{entry.name!r} loads no weights; it takes no checkpoint or prefix"
-                )
-            model = build_resnet(arch, entry.in_channels)
-            return model, _info(
-                init=entry.name, arch=arch, source="none", file=None, sha256=None, verified=None,
-                fmt="none", prefix=None, loaded=0, expected=0, match=None, ignored=[], partial=False,
-                in_channels=entry.in_channels, mean=list(entry.mean), std=list(entry.std),
-                normalization=f"catalogue entry {entry.name!r}", entry=entry,
-            )  # fmt: skip
-        if checkpoint is not None:
-            path = Path(checkpoint).expanduser().resolve()
-            if not path.is_file():
-                raise WeightsError(f"checkpoint file not found: {path}")
-            sha = sha256_file(path)
-            src = entry.source(arch)
-            if src is not None and (src.sha256 or src.hash_prefix):
-                try:
-                    verified = verify_file(path, src.sha256, src.hash_prefix, actual=sha)[1]
-                except HashMismatchError:
-                    verified = False
-                    warnings.warn(
-                        f"{path} is not the catalogue's {entry.name!r} file for {arch} (hash differs); "
-                        "loading it as given.",
-                        stacklevel=2,
-                    )
-            source = str(path)
-        elif entry.user_checkpoint:
-            raise UserCheckpointRequiredError(_no_download_message(entry))
-        else:
-            if arch not in entry.archs:
-                raise WeightsError(
-                    f"{entry.name!r} provides {', '.join(entry.archs)}, not {arch}; "
-                    f"pick --arch {entry.archs[0]} or pass your own --checkpoint"
-                )
-            path, sha, verified = fetch_verified(entry, arch, offline=offline)
-            source = entry.source(arch).url  # type: ignore[union-attr]
-        in_channels = entry.in_channels
-        fmt = entry.format
+        init_name, fmt, in_channels = entry.name, entry.format, entry.in_channels
+        path, sha, verified, source = _locate(entry, arch, checkpoint, offline)
     else:
         assert path is not None
-        init_name = os.fspath(init)
-        sha = sha256_file(path)
-        source = str(path)
-        fmt = "auto"
-        in_channels = None
+        init_name, fmt, in_channels = os.fspath(init), "auto", None
+        sha, verified, source = sha256_file(path), None, str(path)
 
     raw_sd = unwrap_state_dict(read_checkpoint(path, trust_checkpoint=trust_checkpoint))
     model = build_resnet(arch)
@@ -364,38 +384,33 @@ def load_encoder(
             f"{len(m['shape_mismatched'])} with the wrong shape keep their random init",
             stacklevel=2,
         )
-    return model, _info(
-        init=init_name, arch=arch, source=source, file=str(path), sha256=sha, verified=verified,
-        fmt=fmt, prefix=adapted.prefix, loaded=n_loaded, expected=len(m["expected"]), match=m,
-        ignored=adapted.ignored, partial=partial, in_channels=in_channels, mean=mean, std=std,
-        normalization=norm, entry=entry,
-    )  # fmt: skip
-
-
-def _info(
-    *, init, arch, source, file, sha256, verified, fmt, prefix, loaded, expected, match, ignored,
-    partial, in_channels, mean, std, normalization, entry: InitEntry | None,
-) -> dict[str, Any]:  # fmt: skip
-    return {
-        "init": init,
+    info = {
+        "init": init_name,
         "arch": arch,
         "source": source,
-        "file": file,
-        "sha256": sha256,
+        "file": str(path),
+        "sha256": sha,
         "sha256_verified": verified,
         "format": fmt,
-        "prefix": prefix,
-        "tensors_loaded": loaded,
-        "tensors_expected": expected,
-        "missing": list(match["missing"]) if match else [],
-        "unexpected": list(match["unexpected"]) if match else [],
-        "shape_mismatched": list(match["shape_mismatched"]) if match else [],
-        "ignored": list(ignored),
+        "prefix": adapted.prefix,
+        "tensors_loaded": n_loaded,
+        "tensors_expected": len(m["expected"]),
+        "missing": m["missing"],
+        "unexpected": m["unexpected"],
+        "shape_mismatched": m["shape_mismatched"],
+        "ignored": adapted.ignored,
         "partial": partial,
         "in_channels": in_channels,
-        "mean": list(mean),
-        "std": list(std),
-        "normalization": normalization,
+        "mean": mean,
+        "std": std,
+        "normalization": norm,
+    }
+    return model, {**info, **_provenance(entry)}
+
+
+def _provenance(entry: InitEntry | None) -> dict[str, Any]:
+    """What the catalogue knows about the data behind the weights (nothing, for a bare path)."""
+    return {
         "pretrained_on": list(entry.pretrained_on) if entry else [],
         "seen_tasks": list(entry.seen_tasks) if entry else [],
         "citation": entry.citation if entry else None,

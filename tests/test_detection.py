@@ -1,0 +1,179 @@
+"""Detectors on a registry ResNet: frozen means frozen (BN stats included), finetune trains all."""
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from bench.detection import (
+    DETECTORS,
+    anchor_generator,
+    build_detector,
+    detection_collate,
+    make_evaluate,
+    make_loss_step,
+)
+
+SIZE = 64
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Two cores shared with other processes: one thread is faster and steadier."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _encoder(channels: int = 3) -> torchvision.models.ResNet:
+    """What the weights registry returns: a ResNet with ``fc`` replaced by Identity."""
+    torch.manual_seed(0)
+    enc = torchvision.models.resnet18()
+    if channels != 3:
+        enc.conv1 = nn.Conv2d(channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    enc.fc = nn.Identity()
+    return enc
+
+
+def _detector(detector: str, protocol: str, channels: int = 3):
+    model = build_detector(
+        _encoder(channels),
+        "resnet18",
+        protocol,
+        channels,
+        [0.5] * channels,
+        [0.25] * channels,
+        detector=detector,
+        image_size=SIZE,
+    )
+    # fewer sampled RoIs than torchvision's 512 keeps Faster R-CNN fast on a CPU
+    if detector == "fasterrcnn":
+        model.model.roi_heads.fg_bg_sampler.batch_size_per_image = 64
+    return model
+
+
+def _dataset(n: int = 4) -> list:
+    """(uint8 image, {"boxes"}, index); odd images have no box."""
+    g = torch.Generator().manual_seed(1)
+    items = []
+    for i in range(n):
+        image = torch.randint(0, 256, (SIZE, SIZE), dtype=torch.uint8, generator=g)
+        boxes = [[8.0, 10.0, 40.0, 50.0]] if i % 2 == 0 else []
+        items.append((image, {"boxes": torch.tensor(boxes).reshape(-1, 4)}, i))
+    return items
+
+
+def _train(model, steps: int = 2, channels: int = 3) -> None:
+    batch = detection_collate(_dataset(2))  # one image with a box, one without
+    loss_step = make_loss_step(channels)
+    opt = torch.optim.Adam(model.trainable_parameters(), lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        loss = loss_step(model, batch, CPU)
+        assert torch.isfinite(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def _snapshot(module: nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _changed(before: dict, module: nn.Module) -> set:
+    return {k for k, v in module.state_dict().items() if not torch.equal(before[k], v)}
+
+
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_frozen_backbone_does_not_move(detector):
+    model = _detector(detector, "frozen")
+    body = model.encoder
+    assert not any(p.requires_grad for p in body.parameters())
+    body_before, all_before = _snapshot(body), _snapshot(model)
+    _train(model)
+    assert not body.training and all(not m.training for m in body.modules())
+    assert _changed(body_before, body) == set()  # weights and BN running stats
+    moved = {_group(k) for k in _changed(all_before, model)}
+    heads = {"head"} if detector == "retinanet" else {"rpn", "roi_heads"}
+    assert moved == {"backbone.fpn"} | heads
+
+
+def _group(key: str) -> str:
+    """'model.backbone.fpn.layer_blocks.0.weight' -> 'backbone.fpn'; 'model.head.x' -> 'head'."""
+    parts = key.split(".")[1:]
+    return ".".join(parts[:2]) if parts[0] == "backbone" else parts[0]
+
+
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_finetune_trains_everything(detector):
+    model = _detector(detector, "finetune")
+    assert all(p.requires_grad for p in model.parameters())
+    before = _snapshot(model.encoder)
+    _train(model)
+    changed = _changed(before, model.encoder)
+    for key in ("conv1.weight", "bn1.weight", "layer1.0.conv1.weight", "layer4.1.conv2.weight"):
+        assert key in changed, key
+    assert {"bn1.running_mean", "layer1.0.bn1.running_var"} <= changed
+
+
+@pytest.mark.parametrize("detector", DETECTORS)
+@pytest.mark.parametrize("protocol", ["frozen", "finetune"])
+def test_no_frozen_batchnorm_anywhere(detector, protocol):
+    model = _detector(detector, protocol)
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.encoder.modules()) == 20
+
+
+def test_one_channel_encoder_trains_and_predicts():
+    model = _detector("retinanet", "finetune", channels=1)
+    _train(model, steps=1, channels=1)
+    loader = DataLoader(_dataset(2), batch_size=2, collate_fn=detection_collate)
+    result = make_evaluate(CPU, ["a", "b"])(model, loader)
+    assert result["n_images"] == 2
+
+
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_evaluate_scores_every_image(detector):
+    model = _detector(detector, "frozen")
+    ids = [f"patient{i}" for i in range(4)]
+    loader = DataLoader(_dataset(4), batch_size=3, collate_fn=detection_collate)
+    result = make_evaluate(CPU, ids)(model, loader)
+    assert {"map", "map50", "map75", "rsna_score"} <= set(result)
+    assert 0.0 <= result["map"] <= 1.0
+    assert (result["n_images"], result["n_positive_images"], result["n_gt_boxes"]) == (4, 2, 2)
+    assert model.encoder.training is False  # eval mode after evaluation
+
+
+def test_protocol_and_channel_checks():
+    with pytest.raises(ValueError, match="linear"):
+        build_detector(_encoder(), "resnet18", "linear", 3, [0.5] * 3, [0.25] * 3)
+    with pytest.raises(ValueError, match="channels"):
+        build_detector(_encoder(), "resnet18", "frozen", 1, [0.5], [0.25])
+    with pytest.raises(ValueError, match="C5"):
+        build_detector(_encoder(), "resnet50", "frozen", 3, [0.5] * 3, [0.25] * 3)
+
+
+def test_transform_keeps_image_size_and_normalization():
+    model = _detector("retinanet", "frozen")
+    t = model.model.transform
+    assert t.min_size == (SIZE,) and t.max_size == SIZE
+    assert t.image_mean == [0.5] * 3 and t.image_std == [0.25] * 3
+    images, _ = t([torch.rand(3, SIZE, SIZE)])
+    assert images.tensors.shape[-2:] == (SIZE, SIZE)
+
+
+def test_anchors_scale_with_image_size():
+    full = anchor_generator("retinanet", 1024).sizes
+    assert full[0] == pytest.approx((32.0, 32 * 2 ** (1 / 3), 32 * 2 ** (2 / 3)))
+    assert anchor_generator("retinanet", 256).sizes[-1][0] == pytest.approx(128.0)
+    assert anchor_generator("fasterrcnn", 512).sizes == (
+        (16.0,),
+        (32.0,),
+        (64.0,),
+        (128.0,),
+        (256.0,),
+    )

@@ -1,0 +1,429 @@
+"""Tests for tasks.common: DICOM I/O, splits, label fractions, split files, the cache."""
+
+from __future__ import annotations
+
+import json
+import random
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    RLELossless,
+    SecondaryCaptureImageStorage,
+)
+
+from tasks import common
+from tasks.common import DataError, DicomReadError
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    root = tmp_path / "cache"
+    monkeypatch.setenv("CXRBENCH_CACHE", str(root))
+    return root
+
+
+def _image(h=48, w=40, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    smooth = 40 + 3 * xx + 2 * yy  # smooth part keeps JPEG error small
+    return np.clip(smooth + rng.integers(0, 4, (h, w)), 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- DICOM I/O
+
+
+def test_cache_root_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("CXRBENCH_CACHE", str(tmp_path / "x"))
+    assert common.cache_root() == tmp_path / "x"
+    monkeypatch.delenv("CXRBENCH_CACHE")
+    assert "cxrbench" in str(common.cache_root())
+
+
+@pytest.mark.parametrize(
+    "kwargs, syntax, photometric",
+    [
+        ({}, ExplicitVRLittleEndian, "MONOCHROME2"),
+        ({"compression": "rle"}, RLELossless, "MONOCHROME2"),
+        ({"monochrome1": True}, ExplicitVRLittleEndian, "MONOCHROME1"),
+        ({"monochrome1": True, "compression": "rle"}, RLELossless, "MONOCHROME1"),
+    ],
+)
+def test_write_read_dicom_exact(tmp_path, kwargs, syntax, photometric):
+    pixels = _image()
+    path = common.write_dicom(
+        tmp_path / "a.dcm", pixels, patient_id="p1", sop_uid="1.2.3.4", **kwargs
+    )
+    header = common.read_dicom_header(path)
+    assert header == {
+        "rows": 48,
+        "columns": 40,
+        "patient_id": "p1",
+        "photometric": photometric,
+        "transfer_syntax": syntax,
+    }
+    out = common.read_dicom(path)
+    assert out.dtype == np.uint8 and out.shape == (48, 40)
+    np.testing.assert_array_equal(out, pixels)
+    ds = pydicom.dcmread(path)
+    assert ds.SOPClassUID == SecondaryCaptureImageStorage
+    assert ds.SOPInstanceUID == ds.file_meta.MediaStorageSOPInstanceUID == "1.2.3.4"
+    assert ds.StudyInstanceUID and ds.SeriesInstanceUID
+    assert (ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation) == (8, 8, 7, 0)
+    assert ds.ImageComments == "cxrbench synthetic"
+    if kwargs.get("monochrome1"):  # stored values really are inverted
+        np.testing.assert_array_equal(ds.pixel_array, 255 - pixels)
+
+
+def test_write_read_dicom_rescale_exact(tmp_path):
+    pixels = (np.maximum(_image(), 4) & 0xFE).astype(np.uint8)  # even, >= intercept
+    path = common.write_dicom(
+        tmp_path / "r.dcm", pixels, patient_id="p", sop_uid="1.2.5", rescale=(2, 4)
+    )
+    ds = pydicom.dcmread(path)
+    assert float(ds.RescaleSlope) == 2 and float(ds.RescaleIntercept) == 4
+    np.testing.assert_array_equal(ds.pixel_array, (pixels.astype(int) - 4) // 2)
+    np.testing.assert_array_equal(common.read_dicom(path), pixels)
+
+
+def test_write_read_dicom_jpeg_close(tmp_path):
+    pixels = _image()
+    path = common.write_dicom(
+        tmp_path / "j.dcm", pixels, patient_id="p", sop_uid="1.2.6", compression="jpeg"
+    )
+    assert common.read_dicom_header(path)["transfer_syntax"] == JPEGBaseline8Bit
+    assert pydicom.dcmread(path).PhotometricInterpretation == "MONOCHROME2"
+    err = np.abs(common.read_dicom(path).astype(int) - pixels)
+    assert err.mean() < 1.5 and err.max() <= 12
+
+
+def _raw_dicom(path: Path, arr: np.ndarray, bits_stored: int, photometric="MONOCHROME2", **extra):
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = "1.2.9"
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, "1.2.9"
+    ds.Rows, ds.Columns = arr.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits_stored, bits_stored - 1
+    ds.PixelRepresentation = 0
+    for k, v in extra.items():
+        setattr(ds, k, v)
+    ds.PixelData = arr.astype("<u2").tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_read_dicom_12bit_minmax_and_monochrome1(tmp_path):
+    arr = np.array([[0, 1000], [2000, 4095]], np.uint16)
+    out = common.read_dicom(_raw_dicom(tmp_path / "a.dcm", arr, 12))
+    np.testing.assert_array_equal(out, np.rint(arr / 4095 * 255).astype(np.uint8))
+    # MONOCHROME1 inverts with (2**BitsStored - 1) - raw before scaling
+    out1 = common.read_dicom(_raw_dicom(tmp_path / "b.dcm", arr, 12, "MONOCHROME1"))
+    np.testing.assert_array_equal(out1, np.rint((4095 - arr) / 4095 * 255).astype(np.uint8))
+    # in-range values after the modality LUT are kept, not stretched
+    small = np.array([[10, 20], [30, 40]], np.uint16)
+    out2 = common.read_dicom(
+        _raw_dicom(tmp_path / "c.dcm", small, 12, RescaleSlope=2, RescaleIntercept=-5)
+    )
+    np.testing.assert_array_equal(out2, small * 2 - 5)
+
+
+def test_read_dicom_errors_name_the_file(tmp_path):
+    good = common.write_dicom(tmp_path / "g.dcm", _image(), patient_id="p", sop_uid="1.2.7")
+    data = good.read_bytes()
+    trunc = tmp_path / "trunc.dcm"
+    trunc.write_bytes(data[: len(data) - 500])
+    not_dicom = tmp_path / "text.dcm"
+    not_dicom.write_text("hello, not a DICOM")
+    header_only = tmp_path / "nopix.dcm"
+    ds = pydicom.dcmread(good)
+    del ds.PixelData
+    ds.save_as(header_only)
+    for path in (trunc, not_dicom, header_only, tmp_path / "missing.dcm"):
+        with pytest.raises(DataError, match=str(path)) as info:
+            common.read_dicom(path)
+        assert isinstance(info.value, DicomReadError)
+    with pytest.raises(DataError, match="no pixel data"):
+        common.read_dicom(header_only)
+    with pytest.raises(DataError, match="text.dcm"):
+        common.read_dicom_header(not_dicom)
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def test_assign_splits_proportions_and_determinism():
+    ids = [f"img{i:05d}" for i in range(2000)]
+    a = common.assign_splits(ids)
+    counts = {s: sum(v == s for v in a.values()) for s in common.SPLITS}
+    assert abs(counts["train"] / 2000 - 0.70) < 0.04
+    assert abs(counts["val"] / 2000 - 0.15) < 0.03
+    assert abs(counts["test"] / 2000 - 0.15) < 0.03
+    shuffled = ids[:]
+    random.Random(1).shuffle(shuffled)
+    assert common.assign_splits(shuffled) == a
+    # a subset keeps each id's split (hash of the id alone)
+    sub = common.assign_splits(ids[:500])
+    assert all(sub[i] == a[i] for i in sub)
+    assert common.assign_splits(ids, salt="other") != a
+
+
+def test_assign_splits_pinned():
+    a = common.assign_splits([f"img{i:05d}" for i in range(2000)])
+    assert [a[f"img{i:05d}"] for i in range(10)] == PINNED_SPLITS
+
+
+# sha256("cxrbench-split-v1" + id): must never change, or published splits would move
+PINNED_SPLITS = [
+    "train",
+    "test",
+    "train",
+    "train",
+    "train",
+    "val",
+    "train",
+    "train",
+    "train",
+    "train",
+]
+
+
+def test_assign_splits_groups_by_patient():
+    ids = [f"img{i}" for i in range(600)]
+    groups = {i: f"pat{int(i[3:]) // 3}" for i in ids}  # 3 images per patient
+    groups["img0"] = ""  # missing patient -> the image is its own group
+    a = common.assign_splits(ids, groups)
+    by_patient = {}
+    for i in ids[1:]:
+        by_patient.setdefault(groups[i], set()).add(a[i])
+    assert all(len(s) == 1 for s in by_patient.values())
+    assert a["img0"] == common.assign_splits(["img0"])["img0"]
+
+
+def test_assign_splits_nonempty_on_tiny_sets():
+    for n in range(3, 12):
+        for salt in ("a", "b", "c", "d"):
+            a = common.assign_splits([f"x{i}" for i in range(n)], salt=salt)
+            assert set(a.values()) == {"train", "val", "test"}, (n, salt)
+    # zero ratio: that split stays empty
+    a = common.assign_splits([f"x{i}" for i in range(50)], ratios=(0.8, 0.2, 0))
+    assert set(a.values()) == {"train", "val"}
+    with pytest.raises(ValueError):
+        common.assign_splits(["a"], ratios=(1, -1, 1))
+
+
+def test_fraction_subset_nested():
+    train = [f"t{i}" for i in range(1000)]
+    f1, f10, f100 = (common.fraction_subset(train, f) for f in (0.01, 0.1, 1.0))
+    assert (len(f1), len(f10), len(f100)) == (10, 100, 1000)
+    assert set(f1) < set(f10) < set(f100) == set(train)
+    assert f10[:10] == f1
+    assert common.fraction_subset(list(reversed(train)), 0.1) == f10
+    assert len(common.fraction_subset(train[:100], 0.07)) == 7  # no float ceil surprise
+    assert len(common.fraction_subset(train[:50], 0.001)) == 1
+    assert common.fraction_subset([], 0.5) == []
+    for bad in (0, -0.1, 1.5, "x"):
+        with pytest.raises(ValueError, match="fraction"):
+            common.fraction_subset(train, bad)
+
+
+# --------------------------------------------------------------------------- split files
+
+
+def test_load_split_file_csv(tmp_path):
+    f = tmp_path / "split.csv"
+    f.write_text("ImageId,split\na,train\nb,valid\nc,Validation\nd,test\nd,test\n")
+    assert common.load_split_file(f, ["a", "b", "c", "d", "e"]) == {
+        "a": "train",
+        "b": "val",
+        "c": "val",
+        "d": "test",
+    }
+    f.write_text("dicom_id,split\na,train\nb,val\nzz,test\n")
+    with pytest.raises(DataError, match=r"1 id\(s\).*zz"):
+        common.load_split_file(f, ["a", "b"])
+    f.write_text("image_id,split\na,train\na,test\n")
+    with pytest.raises(DataError, match="two splits"):
+        common.load_split_file(f, ["a"])
+    f.write_text("name,split\na,train\n")
+    with pytest.raises(DataError, match="no id column"):
+        common.load_split_file(f, ["a"])
+    f.write_text("id,split\na,holdout\n")
+    with pytest.raises(DataError, match="line 2"):
+        common.load_split_file(f, ["a"])
+
+
+def test_load_split_file_directory(tmp_path):
+    d = tmp_path / "lovt"
+    d.mkdir()
+    (d / "train.csv").write_text("ImageId,EncodedPixels\na,-1\nb, 1 2\nb, 5 2\n")
+    (d / "validation.csv").write_text("ImageId,EncodedPixels\nc,-1\n")
+    (d / "test.csv").write_text("ImageId,EncodedPixels\nd,-1\n")
+    assert common.load_split_file(d, list("abcde")) == {
+        "a": "train",
+        "b": "train",
+        "c": "val",
+        "d": "test",
+    }
+    (d / "test.csv").write_text("ImageId\nd\na\n")
+    with pytest.raises(DataError, match="also listed"):
+        common.load_split_file(d, list("abcd"))
+    unknown = [f"u{i}" for i in range(15)]
+    (d / "test.csv").write_text("ImageId\n" + "\n".join(unknown) + "\n")
+    with pytest.raises(DataError, match=r"15 id\(s\)") as info:
+        common.load_split_file(d, list("abcd"))
+    assert "u0" in str(info.value) and "u9" not in str(info.value)  # at most 10 listed
+    (d / "test.csv").unlink()
+    with pytest.raises(DataError, match="test.csv"):
+        common.load_split_file(d, list("abcd"))
+    with pytest.raises(DataError, match="not found"):
+        common.load_split_file(tmp_path / "nope.csv", ["a"])
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def _items(tmp_path, n=6):
+    src = tmp_path / "data"
+    src.mkdir(exist_ok=True)
+    items = []
+    for i in range(n):
+        p = src / f"im{i}.dcm"
+        common.write_dicom(p, _image(32, 32, i), patient_id=f"p{i // 2}", sop_uid=f"1.2.{i + 1}")
+        items.append({"id": f"im{i}", "path": p})
+    return src, items
+
+
+def _load(item):
+    image, header = common.read_dicom_with_header(item["path"])
+    return {
+        "image": image,
+        "mask": (image > 60).astype(np.uint8),
+        "patient_id": header["patient_id"],
+        "meta": {"positive": True},
+    }
+
+
+def _build(src, items, size=16, key="k1", **kw):
+    return common.build_cache(
+        common.cache_dir_for("toy", key), task="toy", root=src, items=items, image_size=size,
+        load_item=_load, has_masks=True, progress=False, **kw,
+    )  # fmt: skip
+
+
+def test_build_cache_arrays_and_manifest(tmp_path, cache):
+    src, items = _items(tmp_path)
+    (src / "bad.dcm").write_bytes(b"garbage")
+    items.insert(2, {"id": "bad", "path": src / "bad.dcm"})
+    with pytest.warns(UserWarning, match="bad.dcm"):
+        prep = _build(src, items)
+    assert prep.cache_dir == cache / "prepared" / "toy" / "k1"
+    assert prep.ids == [f"im{i}" for i in range(6)]
+    assert prep.groups == ["p0", "p0", "p1", "p1", "p2", "p2"]
+    assert isinstance(prep.images, np.memmap) and prep.images.shape == (6, 16, 16)
+    assert prep.masks.shape == (6, 16, 16) and set(np.unique(prep.masks)) <= {0, 1}
+    np.testing.assert_array_equal(prep.images[3], common.resize_image(_image(32, 32, 3), 16))
+    assert prep.orig_sizes == [(32, 32)] * 6
+    m = prep.manifest
+    assert m["counts"]["n_images"] == 6 and m["counts"]["n_skipped_corrupt"] == 1
+    assert m["skipped_corrupt"][0]["id"] == "bad" and "bad.dcm" in m["skipped_corrupt"][0]["error"]
+    assert m["items"][0]["path"] == "im0.dcm" and m["counts"]["n_positive"] == 6
+    assert json.loads((prep.cache_dir / "manifest.json").read_text()) == m
+    assert not prep.synthetic
+    # reopened from disk, identical
+    again = common.load_prepared(prep.cache_dir)
+    assert again.ids == prep.ids and np.array_equal(again.images, prep.images)
+    with pytest.raises(DicomReadError, match="bad.dcm"):
+        _build(src, items, key="k2", strict=True)
+    assert not (cache / "prepared" / "toy" / "k2").exists()
+
+
+def test_build_cache_interrupted_leaves_nothing(tmp_path, cache):
+    src, items = _items(tmp_path)
+    calls = []
+
+    def flaky(item):
+        calls.append(item["id"])
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return _load(item)
+
+    with pytest.raises(KeyboardInterrupt):
+        common.build_cache(
+            common.cache_dir_for("toy", "k"), task="toy", root=src, items=items, image_size=8,
+            load_item=flaky, progress=False,
+        )  # fmt: skip
+    assert list((cache / "prepared" / "toy").iterdir()) == []
+    assert common.load_prepared(common.cache_dir_for("toy", "k")) is None
+
+
+def test_cache_key_depends_on_content(tmp_path):
+    src, items = _items(tmp_path, 2)
+    files = [it["path"] for it in items]
+    k = common.cache_key("toy", 16, {"a": 1}, files, src)
+    assert k == common.cache_key("toy", 16, {"a": 1}, list(reversed(files)), src)
+    assert k != common.cache_key("toy", 32, {"a": 1}, files, src)
+    assert k != common.cache_key("toy", 16, {"a": 2}, files, src)
+    assert k != common.cache_key("toy", 16, {"a": 1}, files[:1], src)
+    files[0].write_bytes(files[0].read_bytes() + b"\0")
+    assert k != common.cache_key("toy", 16, {"a": 1}, files, src)
+
+
+def test_split_and_fraction_indices(tmp_path, cache):
+    src, items = _items(tmp_path, 12)
+    prep = _build(src, items)
+    sp = common.split_indices(prep)
+    allidx = sorted(sp["train"] + sp["val"] + sp["test"])
+    assert allidx == list(range(12)) and all(sp[s] == sorted(sp[s]) for s in sp)
+    assert all(sp[s] for s in sp)
+    for s in sp:  # patients never straddle splits
+        others = [i for t in sp if t != s for i in sp[t]]
+        assert not {prep.groups[i] for i in sp[s]} & {prep.groups[i] for i in others}
+    small = common.fraction_indices(prep, sp["train"], 0.2)
+    assert set(small) <= set(sp["train"]) and len(small) >= 1
+    assert set(common.fraction_indices(prep, sp["train"], 1.0)) == set(sp["train"])
+    split_csv = tmp_path / "split.csv"
+    split_csv.write_text("ImageId,split\nim0,train\nim1,val\nim5,test\nim6,train\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert common.split_indices(prep, split_csv) == {"train": [0, 6], "val": [1], "test": [5]}
+    assert any("8 prepared image(s)" in str(w.message) for w in caught)
+
+
+def test_is_synthetic(tmp_path):
+    assert not common.is_synthetic(tmp_path)
+    common.write_synthetic_marker(tmp_path, "not real")
+    assert common.is_synthetic(tmp_path)
+
+
+def test_build_cache_all_corrupt_is_an_error(tmp_path, cache):
+    src = tmp_path / "data"
+    src.mkdir()
+    items = []
+    for i in range(2):
+        (src / f"x{i}.dcm").write_bytes(b"junk")
+        items.append({"id": f"x{i}", "path": src / f"x{i}.dcm"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(DataError, match=r"none of the 2 toy DICOM files[\s\S]*x0.dcm"):
+            _build(src, items)
+    assert list((cache / "prepared" / "toy").iterdir()) == []
+
+
+def test_resize_non_square():
+    img = np.arange(48 * 64, dtype=np.uint8).reshape(48, 64)
+    assert common.resize_image(img, 16).shape == (16, 16)
+    mask = np.zeros((48, 64), np.uint8)
+    mask[:, :32] = 1  # left half
+    small = common.resize_mask(mask, 16)
+    assert small[:, :8].all() and not small[:, 8:].any()
+    assert common.resize_mask(np.ones((4, 4), np.uint8), 8).all()  # enlarging too
