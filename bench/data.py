@@ -49,8 +49,31 @@ class SegmentationDataset(Dataset):
         )
 
 
+class DetectionDataset(Dataset):
+    """(image uint8 HxW, {"boxes": float (M,4) xyxy at the cache size}, index)."""
+
+    def __init__(self, images: np.ndarray, boxes: list[np.ndarray], indices: list[int]):
+        self.images = images
+        self.boxes = boxes
+        self.indices = list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        j = self.indices[i]
+        boxes = torch.as_tensor(np.asarray(self.boxes[j], dtype=np.float32).reshape(-1, 4))
+        return torch.from_numpy(np.array(self.images[j])), {"boxes": boxes}, j
+
+
 def make_loader(
-    dataset: Dataset, batch_size: int, *, train: bool, seed: int, num_workers: int = 0
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    train: bool,
+    seed: int,
+    num_workers: int = 0,
+    collate_fn=None,
 ) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
@@ -61,4 +84,5 @@ def make_loader(
         num_workers=num_workers,
         generator=generator,
         persistent_workers=num_workers > 0,
+        collate_fn=collate_fn,
     )

@@ -99,7 +99,74 @@ def evaluate_siim(root, predictions, split="test", split_file=None, rle_format=N
     }
 
 
+def parse_prediction_string(text: str, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Kaggle RSNA "conf x y w h conf x y w h ..." -> (boxes xyxy (K,4), scores (K,))."""
+    values = text.split()
+    if len(values) % 5:
+        raise DataError(f"{where}: PredictionString has {len(values)} numbers, expected groups of 5 "
+                        "(conf x y w h)")
+    try:
+        arr = np.asarray([float(v) for v in values], dtype=np.float64).reshape(-1, 5)
+    except ValueError:
+        raise DataError(f"{where}: PredictionString has a non-numeric value: {text[:80]!r}") from None
+    if not np.isfinite(arr).all():
+        raise DataError(f"{where}: PredictionString has NaN or infinite values")
+    conf, x, y, w, h = arr.T
+    if ((conf < 0) | (conf > 1)).any():
+        raise DataError(f"{where}: confidence outside [0, 1]: {conf[(conf < 0) | (conf > 1)][:5].tolist()}")
+    if ((w <= 0) | (h <= 0)).any():
+        raise DataError(f"{where}: box with non-positive width or height")
+    return np.stack([x, y, x + w, y + h], axis=1), conf
+
+
+def evaluate_rsna(root, predictions, split="test", split_file=None) -> dict:
+    from bench.detmetrics import DetMetrics
+    from tasks import rsna
+
+    gt = rsna.load_ground_truth(root, progress=sys.stderr.isatty())
+    splits = rsna.ground_truth_splits(gt, split_file)
+    selected = _select(splits, split)
+    path = Path(predictions)
+    preds: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for line, pid, text in _read_submission(path, "patientId", "PredictionString"):
+        where = f"{path}, line {line}, patientId {pid}"
+        if pid in preds:
+            raise DataError(f"{where}: patientId listed twice (put all boxes in one PredictionString)")
+        preds[pid] = parse_prediction_string(text, where)
+    unknown = sorted(set(preds) - set(gt))
+    if unknown:
+        raise DataError(
+            f"{path}: {len(unknown)} patientId(s) are not in the dataset at {root}: {unknown[:10]}"
+        )
+    metrics = DetMetrics()
+    missing = 0
+    empty = np.zeros((0, 4)), np.zeros((0,))
+    for pid in sorted(selected):
+        if pid not in preds:
+            missing += 1
+        boxes, scores = preds.get(pid, empty)
+        metrics.update([pid], [{"boxes": boxes, "scores": scores}], [{"boxes": gt[pid]["boxes"]}])
+    if missing:
+        print(
+            f"warning: {missing} of {len(selected)} {split} image(s) have no prediction row; "
+            "scored as no boxes",
+            file=sys.stderr,
+        )
+    return {
+        "task": "rsna",
+        "split": split,
+        "split_source": str(split_file) if split_file else "cxrbench-hash-v1 70/15/15 by patient",
+        "resolution": "original",
+        "metrics": metrics.compute() if len(metrics) else {},
+        "n_scored": len(selected),
+        "missing_predictions": missing,
+        "predictions_outside_split": len(set(preds) - selected),
+    }
+
+
 def evaluate_submission(task, data_root, predictions, split="test", split_file=None, rle_format=None) -> dict:
     if task == "siim":
         return evaluate_siim(data_root, predictions, split, split_file, rle_format)
+    if task == "rsna":
+        return evaluate_rsna(data_root, predictions, split, split_file)
     raise ValueError(f"unknown task {task!r}")

@@ -44,10 +44,26 @@ def primary_metric(task: str, protocol: str) -> str:
     return "map" if task == "rsna" and protocol != "linear" else "dice"
 
 
+def _leakage_message(cfg: RunConfig, pretrained_on) -> str:
+    return (
+        f"init {cfg.init!r} was pretrained on {', '.join(pretrained_on or []) or 'data'} "
+        f"that includes the {cfg.task} images, so its {cfg.task} numbers would be inflated "
+        "(design §8.8). Pass --allow-leakage to run it anyway; the record and the report "
+        "flag it."
+    )
+
+
 def load_weights(cfg: RunConfig):
-    """Registry encoder + info, with the leakage rule of design §8.8 applied."""
+    """Registry encoder + info, with the leakage rule of design §8.8 applied.
+
+    For a catalogue name the rule is checked before anything is downloaded.
+    """
     import weights_registry as wr
 
+    if not Path(cfg.init).expanduser().exists():
+        entry = wr.get_entry(cfg.init)  # unknown names fail here, listing the known ones
+        if wr.check_leakage(entry, cfg.task) and not cfg.allow_leakage:
+            raise LeakageError(_leakage_message(cfg, entry.pretrained_on))
     encoder, info = wr.load_encoder(
         cfg.init,
         cfg.arch,
@@ -56,16 +72,11 @@ def load_weights(cfg: RunConfig):
         allow_partial=cfg.allow_partial,
         trust_checkpoint=cfg.trust_checkpoint,
     )
-    leakage = cfg.task in (info.get("seen_tasks") or [])
+    leakage = wr.check_leakage(info, cfg.task)
     info["leakage"] = leakage
     info["allow_leakage"] = cfg.allow_leakage
     if leakage and not cfg.allow_leakage:
-        raise LeakageError(
-            f"init {cfg.init!r} was pretrained on {', '.join(info.get('pretrained_on') or [])}, "
-            f"which includes the {cfg.task} images: its {cfg.task} numbers would be inflated "
-            "(design §8.8). Pass --allow-leakage to run it anyway; the record and the report "
-            "will flag it."
-        )
+        raise LeakageError(_leakage_message(cfg, info.get("pretrained_on")))
     return encoder, info
 
 
@@ -170,26 +181,64 @@ def _finish(record: dict, out_path: Path, t_start: float) -> None:
     write_json_atomic(out_path, record)
 
 
-def _train_and_test(cfg, module, prepared, encoder, winfo, splits, train_idx, device) -> dict:
-    """Build the model for the task/protocol, fit on train, pick on val, score on test."""
+def _components(cfg, prepared, encoder, winfo, device):
+    """Model, dataset factory, loss step and evaluation for the task's kind of output.
+
+    SIIM (any protocol) and RSNA ``linear`` are segmentation (RSNA: of the box masks,
+    design §5); RSNA ``frozen``/``finetune`` are detection.
+    """
+    from bench import detection as det
     from bench import segmentation as seg
-    from bench.data import Normalize, SegmentationDataset, make_loader
-    from bench.models import build_segmenter, count_parameters
-    from bench.train import fit
+    from bench.data import DetectionDataset, Normalize, SegmentationDataset
+    from bench.models import build_segmenter
 
     channels = winfo["in_channels"]
-    normalize = Normalize(winfo["mean"], winfo["std"], channels)
-    model = build_segmenter(encoder, cfg.arch, cfg.protocol, channels).to(device)
-    channels_last = device.type == "cuda"
-    if channels_last:
+    if primary_metric(cfg.task, cfg.protocol) == "dice":
+        if prepared.masks is None:
+            raise ValueError(f"{cfg.task} data has no masks for segmentation")
+        normalize = Normalize(winfo["mean"], winfo["std"], channels)
+        model = build_segmenter(encoder, cfg.arch, cfg.protocol, channels)
+        return {
+            "model": model,
+            "dataset": lambda idx: SegmentationDataset(prepared.images, prepared.masks, idx),
+            "collate": None,
+            "loss_step": seg.make_loss_step(normalize, device.type == "cuda"),
+            "evaluate": seg.make_evaluate(normalize, device, prepared.ids),
+            "normalize": normalize,
+        }
+    if getattr(prepared, "boxes", None) is None:
+        raise ValueError(f"{cfg.task} data has no boxes for detection")
+    model = det.build_detector(
+        encoder, cfg.arch, cfg.protocol, channels, winfo["mean"], winfo["std"],
+        detector=cfg.detector, image_size=cfg.image_size,
+    )
+    return {
+        "model": model,
+        "dataset": lambda idx: DetectionDataset(prepared.images, prepared.boxes, idx),
+        "collate": det.detection_collate,
+        "loss_step": det.make_loss_step(channels),
+        "evaluate": det.make_evaluate(device, prepared.ids, channels),
+        "normalize": None,
+    }
+
+
+def _train_and_test(cfg, module, prepared, encoder, winfo, splits, train_idx, device) -> dict:
+    """Build the model for the task/protocol, fit on train, pick on val, score on test."""
+    from bench.data import make_loader
+    from bench.models import count_parameters
+    from bench.train import fit
+
+    parts = _components(cfg, prepared, encoder, winfo, device)
+    model = parts["model"].to(device)
+    if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    metric = primary_metric(cfg.task, cfg.protocol)
 
-    masks = prepared.masks
     def loader(idx, train):
-        ds = SegmentationDataset(prepared.images, masks, idx)
-        return make_loader(ds, cfg.batch_size, train=train, seed=cfg.seed, num_workers=cfg.num_workers)
+        return make_loader(parts["dataset"](idx), cfg.batch_size, train=train, seed=cfg.seed,
+                           num_workers=cfg.num_workers, collate_fn=parts["collate"])
 
-    evaluate = seg.make_evaluate(normalize, device, prepared.ids)
+    evaluate = parts["evaluate"]
     history: list[dict] = []
     t0 = time.perf_counter()
     try:
@@ -197,16 +246,16 @@ def _train_and_test(cfg, module, prepared, encoder, winfo, splits, train_idx, de
             model,
             loader(train_idx, True),
             loader(splits["val"], False),
-            loss_step=seg.make_loss_step(normalize, channels_last),
+            loss_step=parts["loss_step"],
             evaluate=evaluate,
-            metric="dice",
+            metric=metric,
             lr=cfg.resolved_lr,
             weight_decay=cfg.weight_decay,
             epochs=cfg.epochs,
             patience=cfg.patience,
             device=device,
             progress=cfg.progress,
-            on_epoch=lambda e: (history.append(e), _print_epoch(e, cfg.progress)),
+            on_epoch=lambda e: (history.append(e), _print_epoch(e, metric, cfg.progress)),
         )
     except NanLossError as e:
         e.history = history
@@ -221,13 +270,18 @@ def _train_and_test(cfg, module, prepared, encoder, winfo, splits, train_idx, de
         "best_epoch": fitted["best_epoch"],
         "stopped_early": fitted["stopped_early"],
         "parameters": count_parameters(model),
+        "timing_train": {"train_s": round(train_s, 3)},
     }
-    out_timing = {"train_s": round(train_s, 3)}
     if cfg.save_predictions:
         path = Path(cfg.out) / f"{cfg.run_id}.test-predictions.csv"
-        write_segmentation_predictions(model, test_loader, normalize, device, prepared, path)
-        out["predictions"] = str(path)
-    out["timing_train"] = out_timing
+        if metric == "dice" and cfg.task == "siim":
+            write_segmentation_predictions(model, test_loader, parts["normalize"], device, prepared, path)
+        elif metric == "map":
+            write_detection_predictions(model, test_loader, device, prepared, path)
+        else:
+            path = None
+        if path is not None:
+            out["predictions"] = str(path)
     return out
 
 
@@ -253,13 +307,34 @@ def write_segmentation_predictions(model, loader, normalize, device, prepared, p
     tmp.replace(path)
 
 
-def _print_epoch(entry: dict, progress: bool) -> None:
+def write_detection_predictions(model, loader, device, prepared, path: Path) -> None:
+    """Kaggle RSNA submission (patientId,PredictionString "conf x y w h ...") in original pixels."""
+    import pandas as pd
+
+    from bench import detection as det
+
+    rows = []
+    for idx, preds, _ in det.predict(model, loader, device):
+        for j, p in zip(idx, preds):
+            h, w = prepared.orig_sizes[j]
+            sx, sy = w / prepared.image_size, h / prepared.image_size
+            parts = []
+            for (x1, y1, x2, y2), score in zip(p["boxes"].tolist(), p["scores"].tolist()):
+                parts.append(f"{score:.4f} {x1 * sx:.1f} {y1 * sy:.1f} {(x2 - x1) * sx:.1f} {(y2 - y1) * sy:.1f}")
+            rows.append((prepared.ids[j], " ".join(parts)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".csv.tmp")
+    pd.DataFrame(rows, columns=["patientId", "PredictionString"]).to_csv(tmp, index=False)
+    tmp.replace(path)
+
+
+def _print_epoch(entry: dict, metric: str, progress: bool) -> None:
     if not progress:
         return
-    val = entry["val"]
+    val = entry["val"].get(metric)
     print(
         f"  epoch {entry['epoch']:>3}  loss {entry['train_loss']:.4f}  "
-        f"val dice {val.get('dice', float('nan')):.4f}"
+        f"val {metric} {float('nan') if val is None else val:.4f}"
         f"{'  *' if entry['best'] else ''}  ({entry['seconds']:.1f}s)",
         file=sys.stderr,
     )

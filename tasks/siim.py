@@ -42,7 +42,7 @@ EXPECTED_LAYOUT = f"""expected SIIM-ACR layout:
     {DICOM_DIR}/<StudyUID>/<SeriesUID>/<ImageId>.dcm
     {STAGE1_CSV}        (header 'ImageId, EncodedPixels', relative RLE)
   or instead of {STAGE1_CSV}:
-    {STAGE2_CSV}    (header 'ImageId,EncodedPixels'; pass rle_format='absolute' or 'relative')"""
+    {STAGE2_CSV}    (header 'ImageId,EncodedPixels'; pass --rle-format absolute|relative)"""
 
 _INT = re.compile(r"-?[0-9]+")
 
