@@ -272,6 +272,7 @@ def _train_and_test(cfg, module, prepared, encoder, winfo, splits, train_idx, de
         "parameters": count_parameters(model),
         "timing_train": {"train_s": round(train_s, 3)},
     }
+    out["examples"] = _save_examples(cfg, model, prepared, splits["test"], parts, device, metric)
     if cfg.save_predictions:
         path = Path(cfg.out) / f"{cfg.run_id}.test-predictions.csv"
         if metric == "dice" and cfg.task == "siim":
@@ -283,6 +284,18 @@ def _train_and_test(cfg, module, prepared, encoder, winfo, splits, train_idx, de
         if path is not None:
             out["predictions"] = str(path)
     return out
+
+
+def _save_examples(cfg, model, prepared, test_idx, parts, device, metric) -> str:
+    from bench import examples
+
+    idx = examples.choose_examples(prepared, test_idx)
+    if metric == "map":
+        payload = examples.collect_detection(model, prepared, idx, device)
+    else:
+        payload = examples.collect_segmentation(model, prepared, idx, parts["normalize"], device)
+    path = Path(cfg.out) / f"{cfg.run_id}.examples.npz"
+    return str(examples.save_examples(path, payload))
 
 
 def write_segmentation_predictions(model, loader, normalize, device, prepared, path: Path) -> None:
