@@ -1,4 +1,4 @@
-"""The `bench` command line: run, synth, evaluate, report, weights, demo.
+"""The `bench` command line: run, synth, evaluate, report, compare, weights, demo.
 
 Each sub-command is a thin layer over a library function; argument parsing and the
 translation of known errors into one clear line (exit code 2 for bad input, 1 for a
@@ -158,9 +158,19 @@ def cmd_evaluate(args) -> int:
 def cmd_report(args) -> int:
     from bench.report import write_report
 
-    path = write_report(Path(args.runs), Path(args.out))
+    extra = [Path(f).read_text() for f in args.extra_section or []]
+    path = write_report(Path(args.runs), Path(args.out), extra_sections=extra,
+                        figures=not args.no_figures)
     print(f"wrote {path}")
     return 0
+
+
+def cmd_compare(args) -> int:
+    from bench.compare import run_compare
+
+    return run_compare(args.runs, args.baseline, tolerance=args.tolerance,
+                       update=args.update_baseline, summary=args.summary,
+                       config=args.config_name)
 
 
 def cmd_weights(args) -> int:
@@ -177,6 +187,40 @@ def cmd_demo(args) -> int:
     from bench.demo import run_demo
 
     run_demo(out=Path(args.out), report=Path(args.report), quick=args.quick, progress=not args.quiet)
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from bench.sweep import load_sweep, plan, run_sweep
+
+    sweep = load_sweep(args.config)
+    flags = {"workers": ("local", args.workers), "address": ("ray", args.address),
+             "cluster": ("slurm", "local" if args.slurm_local else None)}
+    for key, (kind, value) in flags.items():
+        if value is not None and kind != args.executor:
+            flag = "--slurm-local" if key == "cluster" else f"--{key}"
+            raise ValueError(f"{flag} is for --executor {kind}, not {args.executor}")
+    if args.dry_run:
+        rows = plan(sweep, retry_failed=args.retry_failed, skip_running=args.skip_running)
+        for row in rows:
+            print(json.dumps(row))
+        todo = sum(r["action"] != "skip" for r in rows)
+        print(f"{sweep.name}: {len(rows)} runs, {todo} to run or waiting", file=sys.stderr)
+        return 0
+    options = {k: v for k, (kind, v) in flags.items() if kind == args.executor}
+    options["threads"] = args.threads
+    result = run_sweep(sweep, args.executor, retry_failed=args.retry_failed,
+                       skip_running=args.skip_running, options=options)
+    print(json.dumps(result.summary(sweep)))
+    for o in result.failed:
+        print(f"bench sweep: {o.stage} {o.line()}", file=sys.stderr)
+    return 1 if result.failed else 0
+
+
+def cmd_status(args) -> int:
+    from bench.status import status_text
+
+    print(status_text(args.runs, args.config))
     return 0
 
 
@@ -226,8 +270,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="markdown report with tables and figures from run records")
     p.add_argument("--runs", required=True, help="folder of run records (searched recursively)")
-    p.add_argument("--out", required=True, help="markdown file to write; figures go beside it")
+    p.add_argument("--out", required=True,
+                   help="markdown file to write; figures and <stem>_<task>.csv/.tex tables go beside it")
+    p.add_argument("--extra-section", action="append", metavar="FILE.md",
+                   help="markdown file appended as a section after the results (repeatable)")
+    p.add_argument("--no-figures", action="store_true", help="skip the label-efficiency figures")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", help="regression check of run records against a baseline (exit 1 on regression)",
+                       description="Compare each cell (task, init, protocol, fraction, test primary metric; "
+                                   "mean over seeds) with a baseline file. A cell regresses when its mean drops "
+                                   "by more than the baseline's 95% CI half-width (or --tolerance); a baseline "
+                                   "cell missing from the runs fails too. Prints a markdown summary (also "
+                                   "appended to $GITHUB_STEP_SUMMARY when set); exit 1 on any failure.")
+    p.add_argument("runs", help="folder of run records (searched recursively)")
+    p.add_argument("--baseline", required=True, help="baseline JSON file (e.g. baselines/ci.json)")
+    p.add_argument("--tolerance", type=float,
+                   help="allowed absolute drop of a cell's mean (default: the baseline's 95%% CI half-width)")
+    p.add_argument("--update-baseline", action="store_true",
+                   help="write the baseline from RUNS instead of comparing (atomic) and exit 0")
+    p.add_argument("--summary", metavar="OUT.md", help="also write the markdown summary to this file")
+    p.add_argument("--config-name",
+                   help="config name stored in a new baseline (default: from the records, else the RUNS folder name)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("weights", help="the catalogue of initializations")
     wsub = p.add_subparsers(dest="weights_cmd", required=True, metavar="list|show")
@@ -245,6 +310,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="an even smaller demo (for tests)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("sweep", help="run a YAML grid of runs (resumable; local, ray or slurm)",
+                       description="Expand a sweep file (grid over tasks, inits, protocols, fractions, "
+                                   "seeds; optional LoVT lr search) and run what is not done yet. "
+                                   "Schema: configs/example.yaml and `bench.sweep`. Complete records are "
+                                   "skipped; interrupted runs (record left running, or failed by Ctrl-C) "
+                                   "run again. Exit 1 if a run failed.")
+    p.add_argument("config", help="sweep file (YAML)")
+    p.add_argument("--executor", choices=("local", "ray", "slurm"), default="local",
+                   help="where runs execute (default: %(default)s); parameters from the file's executor: section")
+    p.add_argument("--workers", type=int, help="local: worker processes (one per GPU when there are GPUs)")
+    p.add_argument("--address", help="ray: 'auto' (running cluster) or host:port (default: start a local Ray)")
+    p.add_argument("--slurm-local", action="store_true",
+                   help="slurm: run the jobs with submitit's local executor (no cluster needed)")
+    p.add_argument("--threads", type=int, help="torch CPU threads per run (default: see bench.executors)")
+    p.add_argument("--retry-failed", action="store_true", help="run failed and nan_loss runs again")
+    p.add_argument("--skip-running", action="store_true",
+                   help="leave runs whose record says running alone (live on another machine); "
+                        "by default they are taken as interrupted and run again")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (JSON lines) and run nothing")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("status", help="what is done, running, failed and missing in a runs folder",
+                       description="Counts and a table per status of the run records under RUNS; with "
+                                   "--config, also the runs of that sweep without a record.")
+    p.add_argument("runs", nargs="?", help="folder of run records (default: the sweep's out)")
+    p.add_argument("--config", help="sweep file: list its runs that have no record yet")
+    p.set_defaults(func=cmd_status)
     return parser
 
 

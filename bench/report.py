@@ -2,15 +2,20 @@
 
 Owns reading a directory of run records (one JSON file per run, found recursively),
 flattening them into a table, aggregating the test primary metric over seeds with
-``bench.stats.summarize``, and writing the report: one table per task (rows = init,
-columns = protocol x label fraction, cells ``mean ± CI half-width (n=k)``), secondary
-metrics, a label-efficiency figure per task, runs that did not complete, the
-software/settings found in the records and a per-run appendix.
+``bench.stats.summarize``, and writing the report: per task, a paper-style table (rows =
+init, columns grouped by protocol then label fraction, cells ``mean ± CI half-width
+(n=k)``, best per column bold, cells inside the best's 95% CI underlined), the same
+table as tidy CSV and booktabs LaTeX beside the markdown, secondary metrics, a
+label-efficiency figure, the learning rate behind each cell (with the validation
+scores of ``bench sweep``'s lr search when records carry ``lr_selection``); then runs
+that did not complete, the initializations, the software and settings found in the
+records and a per-run appendix. ``bench.compare`` reuses the reading and aggregation.
 
 Only ``status == "complete"`` runs enter the means; the others are listed. Files that
 do not parse or are not run records (no ``run_id``) are skipped with a warning naming
 them. Synthetic-data runs make the report say so loudly, and runs whose initialization
-saw the evaluation data (``weights.leakage``) are marked with a dagger and never bolded.
+saw the evaluation data (``weights.leakage``) are marked with a dagger and never marked
+best or within-CI.
 """
 
 from __future__ import annotations
@@ -96,6 +101,10 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _is_nan(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
 def _primary(rec: dict) -> str:
     if rec.get("primary_metric"):
         return str(rec["primary_metric"])
@@ -108,6 +117,27 @@ def _num(v) -> float:
         return float(v) if v is not None and not isinstance(v, bool) else math.nan
     except (TypeError, ValueError):
         return math.nan
+
+
+def _lr_selection(rec: dict) -> dict | None:
+    """The record's ``lr_selection`` normalized: candidates and chosen as floats,
+    val_scores keyed by float lr (JSON keys are strings); None when absent or unusable."""
+    sel = rec.get("lr_selection")
+    if not isinstance(sel, dict) or _is_nan(_num(sel.get("chosen"))):
+        return None
+    scores = {}
+    for k, v in (sel.get("val_scores") or {}).items():
+        if not _is_nan(_num(k)):
+            scores[_num(k)] = _num(v)
+    cands = [_num(c) for c in sel.get("candidates") or []]
+    cands = sorted({c for c in cands if not _is_nan(c)} | set(scores))
+    seed = sel.get("seed")
+    return {
+        "candidates": cands,
+        "chosen": _num(sel["chosen"]),
+        "val_scores": scores,
+        "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+    }
 
 
 def _row(rec: dict) -> dict:
@@ -128,6 +158,8 @@ def _row(rec: dict) -> dict:
         epochs=_get(rec, "hparams.epochs"),
         batch_size=_get(rec, "hparams.batch_size"),
         best_epoch=rec.get("best_epoch"),
+        epochs_run=len(rec["history"]) if isinstance(rec.get("history"), list) else None,
+        lr_selection=_lr_selection(rec),
         wall_s=_num(_get(rec, "timing.wall_s")),
         synthetic=bool(_get(rec, "data.synthetic", False)),
         partial=bool(_get(rec, "weights.partial", False)),
@@ -250,65 +282,232 @@ def _footnotes(flags: pd.DataFrame) -> list[str]:
     return notes
 
 
+def _layout(a: pd.DataFrame) -> dict:
+    """Rows, column groups and cells of one task's main table.
+
+    Columns are (protocol, fraction, metric); a group is one (protocol, metric) pair
+    (the metric only shows in its label when the task mixes primary metrics, as RSNA
+    does: Dice for linear, mAP for frozen/finetune), holding its fractions in order.
+    """
+    metrics = _ordered(a["metric"], METRIC_ORDER)
+    protocols = _ordered(a["protocol"], PROTOCOL_ORDER)
+    pairs = {(p, m) for p, m in zip(a["protocol"], a["metric"])}
+    pairs = sorted(pairs, key=lambda pm: (protocols.index(pm[0]), metrics.index(pm[1])))
+    groups = []
+    for p, m in pairs:
+        fracs = sorted({f for f, p2, m2 in zip(a["fraction"], a["protocol"], a["metric"])
+                        if p2 == p and m2 == m})  # fmt: skip
+        label = f"{p} ({m})" if len(metrics) > 1 else p
+        groups.append({"protocol": p, "metric": m, "label": label, "fractions": fracs})
+    cols = [(g["protocol"], f, g["metric"]) for g in groups for f in g["fractions"]]
+    by_key = {
+        (r["init"], r["protocol"], r["fraction"], r["metric"]): r for r in a.to_dict("records")
+    }
+    return {
+        "metrics": metrics,
+        "groups": groups,
+        "cols": cols,
+        "inits": _ordered(a["init"], INIT_ORDER),
+        "by_key": by_key,
+        "marks": cell_marks(a),
+    }
+
+
+def cell_marks(agg: pd.DataFrame) -> dict[tuple, str]:
+    """``"best"`` / ``"within_ci"`` per cell key (task, init, protocol, fraction, metric).
+
+    Per column (task, protocol, fraction, metric), among cells with a mean and without
+    leakage, and only when there are at least two: ``best`` is the highest mean at the
+    printed precision (3 decimals, so ties are all best); ``within_ci`` is any other
+    cell whose mean is not significantly worse than a best one, i.e. ``mean >=
+    ci_low`` of the best cell's 95% CI (the lowest ci_low when several tie). A best
+    cell with n=1 has no CI, so nothing is within it. Unmarked cells are absent.
+    """
+    marks: dict[tuple, str] = {}
+    for _, col in agg.groupby(["task", "protocol", "fraction", "metric"], sort=False):
+        cells = [r for r in col.to_dict("records") if not _is_nan(r["mean"]) and not r["leakage"]]
+        if len(cells) < 2:
+            continue
+        top = max(round(r["mean"], 3) for r in cells)
+        best = [r for r in cells if round(r["mean"], 3) == top]
+        lows = [r["ci_low"] for r in best if not _is_nan(r.get("ci_low"))]
+        for r in cells:
+            key = tuple(r[k] for k in GROUP)
+            if round(r["mean"], 3) == top:
+                marks[key] = "best"
+            elif lows and r["mean"] >= min(lows):
+                marks[key] = "within_ci"
+    return marks
+
+
+def _caption_text(task: str, metrics: list[str]) -> str:
+    return f"{task}: test {' / '.join(metrics)}, mean ± 95% CI half-width over seeds"
+
+
 def make_table(agg: pd.DataFrame, task: str) -> str:
     """Markdown table of one task's test primary metric: caption, table, footnotes.
 
-    Rows are inits, columns protocol x fraction (``linear 10%``; the metric is appended
-    when a task mixes primary metrics), cells ``mean ± ci_half (n=k)`` or ``mean (n=1)``.
-    The best mean of each column (3 decimals, ties included, leakage-marked cells
-    excluded, at least two cells) is bold.
+    Rows are inits; columns are grouped by protocol (two-level header, see below),
+    one column per label fraction; cells ``mean ± ci_half (n=k)`` or ``mean (n=1)``.
+    Markdown has no column spans, so the two levels are rendered the way pandas
+    prints MultiIndex columns: the table's header row holds each protocol's name
+    (``linear``, or ``finetune (map)`` when the task mixes primary metrics) above the
+    first column of its group and blank cells over the rest of the group, and the
+    first body row (italic, labelled *label fraction*) holds the fractions. Columns
+    are left-aligned so a protocol name starts its group. The best cell of each
+    column is **bold**, cells within the best's 95% CI are <u>underlined</u>
+    (:func:`cell_marks`).
     """
     a = agg[agg["task"] == task]
     if a.empty:
         return ""
-    metrics = _ordered(a["metric"], METRIC_ORDER)
-    mixed = len(metrics) > 1
-    cols = sorted(
-        {(p, f, m) for p, f, m in zip(a["protocol"], a["fraction"], a["metric"])},
-        key=lambda c: (
-            _ordered(a["protocol"], PROTOCOL_ORDER).index(c[0]),
-            c[1],
-            metrics.index(c[2]),
-        ),
-    )
-    inits = _ordered(a["init"], INIT_ORDER)
-    by_key = {
-        (r["init"], r["protocol"], r["fraction"], r["metric"]): r for r in a.to_dict("records")
-    }
-    best = {}
-    for c in cols:
-        vals = [
-            round(r["mean"], 3)
-            for i in inits
-            if (r := by_key.get((i, *c))) and r["mean"] is not None and not r["leakage"]
-        ]
-        vals = [v for v in vals if not math.isnan(v)]
-        best[c] = max(vals) if len(vals) >= 2 else None
-    rows = []
-    for i in inits:
+    lay = _layout(a)
+    rows = [["*label fraction*"] + [f"*{_pct(f)}*" for _, f, _ in lay["cols"]]]
+    for i in lay["inits"]:
         cells = [i]
-        for c in cols:
-            r = by_key.get((i, *c))
+        for c in lay["cols"]:
+            r = lay["by_key"].get((i, *c))
             if r is None:
                 cells.append("–")
                 continue
             text = _cell(r)
-            mean = r["mean"]
-            is_best = best[c] is not None and mean is not None and not r["leakage"]
-            if is_best and not math.isnan(mean) and round(mean, 3) == best[c]:
+            mark = lay["marks"].get((task, i, *c))
+            if mark == "best":
                 text = f"**{text}**"
+            elif mark == "within_ci":
+                text = f"<u>{text}</u>"
             cells.append(text + (" " + _marks(r) if _marks(r) else ""))
         rows.append(cells)
-    header = ["init"] + [f"{p} {_pct(f)}" + (f" ({m})" if mixed else "") for p, f, m in cols]
-    caption = _caption(
-        f"{task}: test {' / '.join(metrics)}, mean ± 95% CI half-width over seeds",
-        bool(a["synthetic"].any()),
+    header = ["init"]
+    for g in lay["groups"]:
+        header += [g["label"]] + [""] * (len(g["fractions"]) - 1)
+    caption = _caption(_caption_text(task, lay["metrics"]), bool(a["synthetic"].any()))
+    table = _md_table(header, rows, ["---"] + [":---"] * len(lay["cols"]))
+    legend = (
+        "Bold: best mean of the column; underlined: not significantly worse than it (mean "
+        f"inside the best cell's 95% CI). {LEAK_MARK} cells are never marked."
     )
-    parts = [caption, "", _md_table(header, rows, ["---"] + ["---:"] * len(cols))]
+    parts = [caption, "", table, "", legend]
     notes = _footnotes(a)
     if notes:
         parts += ["", *notes]
     return "\n".join(parts)
+
+
+TIDY_COLUMNS = ["task", "init", "protocol", "fraction", "metric",
+                "mean", "std", "ci_low", "ci_high", "ci_half", "n"]  # fmt: skip
+
+
+def table_frame(agg: pd.DataFrame, task: str) -> pd.DataFrame:
+    """One task's main table in tidy form, in the table's order: ``TIDY_COLUMNS`` plus
+    ``mark`` (best / within_ci / empty), ``seeds`` and the leakage/partial/synthetic flags."""
+    a = agg[agg["task"] == task]
+    cols = [*TIDY_COLUMNS, "mark", "seeds", "leakage", "partial", "synthetic"]
+    if a.empty:
+        return pd.DataFrame(columns=cols)
+    lay = _layout(a)
+    rows = []
+    for i in lay["inits"]:
+        for c in lay["cols"]:
+            r = lay["by_key"].get((i, *c))
+            if r is None:
+                continue
+            row = {k: (None if _is_nan(r.get(k)) else r.get(k)) for k in TIDY_COLUMNS}
+            row["n"] = int(r["n"])
+            row["mark"] = lay["marks"].get((task, i, *c), "")
+            row["seeds"] = " ".join(str(s) for s in r.get("seeds", []))
+            row.update({k: bool(r.get(k, False)) for k in ("leakage", "partial", "synthetic")})
+            rows.append(row)
+    return pd.DataFrame(rows, columns=cols)
+
+
+_TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                "^": r"\textasciicircum{}"}  # fmt: skip
+
+
+def _tex(text) -> str:
+    return "".join(_TEX_ESCAPES.get(ch, ch) for ch in str(text))
+
+
+def make_latex(agg: pd.DataFrame, task: str) -> str:
+    """One task's main table as a booktabs ``tabular`` (no float: ``\\input`` it inside
+    your own ``table``). Protocol groups are ``\\multicolumn`` headers with
+    ``\\cmidrule``s, the best cell of a column is ``\\textbf``, cells within its 95% CI
+    ``\\underline``. ``n`` is printed per cell only when it differs across the table;
+    otherwise the leading comment says it. Needs ``\\usepackage{booktabs}``."""
+    a = agg[agg["task"] == task]
+    if a.empty:
+        return ""
+    lay = _layout(a)
+    ns = {int(r["n"]) for r in lay["by_key"].values()}
+    per_cell_n = len(ns) > 1
+
+    def cell(r, mark) -> str:
+        if _is_nan(r["mean"]):
+            return "n/a"
+        text = f"{r['mean']:.3f}"
+        if not _is_nan(r.get("ci_half")):
+            text += f" $\\pm$ {r['ci_half']:.3f}"
+        if mark == "best":
+            text = f"\\textbf{{{text}}}"
+        elif mark == "within_ci":
+            text = f"\\underline{{{text}}}"
+        if per_cell_n:
+            text += f" {{\\scriptsize ($n{{=}}{int(r['n'])}$)}}"
+        if r.get("leakage"):
+            text += "$^\\dagger$"
+        if r.get("partial"):
+            text += "$^\\ddagger$"
+        return text
+
+    synthetic = bool(a["synthetic"].any())
+    n_note = "n differs per cell" if per_cell_n else f"n = {ns.pop()} seed(s) per cell"
+    lines = [
+        f"% cxrbench: {_caption_text(task, lay['metrics'])} ({n_note}).",
+        "% Bold: best mean of the column; underlined: mean inside the best cell's 95% CI.",
+    ]
+    if synthetic:
+        lines.append(f"% {SYNTH_WARNING}.")
+    if a["leakage"].any():
+        lines.append("% \\dagger: the initialization saw this task's images (leakage).")
+    if a["partial"].any():
+        lines.append("% \\ddagger: partial checkpoint load.")
+    lines.append("% Requires \\usepackage{booktabs}.")
+    spec = "l" + "".join(" " + "r" * len(g["fractions"]) for g in lay["groups"])
+    lines += [f"\\begin{{tabular}}{{{spec}}}", "\\toprule"]
+    top, rules, start = [""], [], 2
+    for g in lay["groups"]:
+        k = len(g["fractions"])
+        top.append(f"\\multicolumn{{{k}}}{{c}}{{{_tex(g['label'])}}}")
+        rules.append(f"\\cmidrule(lr){{{start}-{start + k - 1}}}")
+        start += k
+    lines += [" & ".join(top) + " \\\\", " ".join(rules)]
+    lines.append(" & ".join(["init"] + [_tex(_pct(f)) for _, f, _ in lay["cols"]]) + " \\\\")
+    lines.append("\\midrule")
+    for i in lay["inits"]:
+        cells = [_tex(i)]
+        for c in lay["cols"]:
+            r = lay["by_key"].get((i, *c))
+            cells.append("--" if r is None else cell(r, lay["marks"].get((task, i, *c))))
+        lines.append(" & ".join(cells) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def _slug(task) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(task))
+
+
+def write_table_exports(agg: pd.DataFrame, task: str, out_md: str | Path) -> tuple[Path, Path]:
+    """Write ``<stem>_<task>.csv`` (:func:`table_frame`) and ``<stem>_<task>.tex``
+    (:func:`make_latex`) next to ``out_md``; returns their paths."""
+    out_md = Path(out_md)
+    base = out_md.with_name(f"{out_md.stem}_{_slug(task)}")
+    csv_path, tex_path = base.with_suffix(".csv"), base.with_suffix(".tex")
+    table_frame(agg, task).to_csv(csv_path, index=False)
+    tex_path.write_text(make_latex(agg, task))
+    return csv_path, tex_path
 
 
 def _secondary_metrics(d: pd.DataFrame) -> list[str]:
@@ -340,6 +539,114 @@ def _secondary_table(d: pd.DataFrame, task: str) -> str:
     table = _md_table(["init", "protocol", "fraction", *metrics], rows)
     notes = [f"- `{m}`: {METRIC_NOTES[m]}" for m in metrics if m in METRIC_NOTES]
     return "\n".join([caption, "", table, "", *notes])
+
+
+# ---------------------------------------------------------------- learning rates
+
+
+def _lr_used(r: dict) -> float:
+    sel = r.get("lr_selection")
+    return sel["chosen"] if isinstance(sel, dict) else r.get("lr")
+
+
+def _lr_list(values) -> str:
+    counts: dict[str, int] = {}
+    for v in values:
+        key = "?" if _is_nan(v) else f"{v:g}"
+        counts[key] = counts.get(key, 0) + 1
+    if len(counts) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{k} ×{c}" for k, c in sorted(counts.items(), key=lambda kc: _num(kc[0])))
+
+
+def lr_table(df: pd.DataFrame, task: str) -> str:
+    """Markdown: the learning rate behind each cell of one task's main table.
+
+    Rows are inits, columns ``protocol fraction``. When records carry ``lr_selection``
+    (``bench sweep``'s LoVT-style search: ``{"candidates", "chosen", "val_scores"}``)
+    the cell is the chosen lr, cells without a search say ``(fixed)``, and a collapsed
+    table lists the validation score of every candidate (✓ = chosen). Seeds that used
+    different lrs are listed with counts (``0.001 ×2, 0.01 ×1``). Complete runs only.
+    """
+    d = df[(df["task"] == task) & (df["status"] == "complete")]
+    if d.empty:
+        return ""
+    recs = d.to_dict("records")
+    searched_any = any(isinstance(r.get("lr_selection"), dict) for r in recs)
+    inits = _ordered(d["init"], INIT_ORDER)
+    protocols = _ordered(d["protocol"], PROTOCOL_ORDER)
+    cols = sorted({(r["protocol"], r["fraction"]) for r in recs},
+                  key=lambda c: (protocols.index(c[0]), c[1]))  # fmt: skip
+    cells: dict[tuple, list[dict]] = {}
+    for r in recs:
+        cells.setdefault((r["init"], r["protocol"], r["fraction"]), []).append(r)
+    rows = []
+    for i in inits:
+        row = [i]
+        for p, f in cols:
+            rs = cells.get((i, p, f))
+            if not rs:
+                row.append("–")
+                continue
+            text = _lr_list(_lr_used(r) for r in rs)
+            n_sel = sum(isinstance(r.get("lr_selection"), dict) for r in rs)
+            if searched_any and n_sel == 0:
+                text += " (fixed)"
+            elif searched_any and n_sel < len(rs):
+                text += f" (searched in {n_sel}/{len(rs)} runs)"
+            row.append(text)
+        rows.append(row)
+    header = ["init"] + [f"{p} {_pct(f)}" for p, f in cols]
+    synthetic = bool(d["synthetic"].any())
+    if not searched_any:
+        caption = _caption(f"{task}: learning rate per cell (fixed, no lr search recorded)",
+                           synthetic)  # fmt: skip
+        return "\n".join([caption, "", _md_table(header, rows)])
+    caption = _caption(f"{task}: learning rate chosen per cell", synthetic)
+    note = (
+        "Chosen on the validation split among the candidate learning rates (LoVT-style "
+        "search, `bench sweep`); `(fixed)`: no search recorded, the configured lr."
+    )
+    return "\n".join([caption, "", _md_table(header, rows), "", note, "", _lr_scores(d)])
+
+
+def _lr_scores(d: pd.DataFrame) -> str:
+    """Collapsed table: validation score per candidate lr, one row per distinct search."""
+    recs = [r for r in d.to_dict("records") if isinstance(r.get("lr_selection"), dict)]
+    cands = sorted({c for r in recs for c in r["lr_selection"]["candidates"]})
+    groups: dict[tuple, dict] = {}
+    for r in recs:
+        sel = r["lr_selection"]
+        sig = json.dumps([sel["chosen"], sorted(sel["val_scores"].items())])
+        key = (r["init"], r["protocol"], r["fraction"], r["primary_metric"], sig)
+        groups.setdefault(key, {"sel": sel, "seeds": []})["seeds"].append(r["seed"])
+    inits = _ordered(d["init"], INIT_ORDER)
+    protocols = _ordered(d["protocol"], PROTOCOL_ORDER)
+    rows = []
+    for key in sorted(groups, key=lambda k: (inits.index(k[0]), protocols.index(k[1]), k[2])):
+        init, proto, frac, metric, _ = key
+        sel, seeds = groups[key]["sel"], sorted(groups[key]["seeds"])
+        sel_seed = "" if sel.get("seed") is None else str(sel["seed"])
+        row = [init, proto, _pct(frac), " ".join(map(str, seeds)), sel_seed, metric]
+        for c in cands:
+            v = sel["val_scores"].get(c)
+            text = "–" if c not in sel["candidates"] else ("n/a" if _is_nan(v) else f"{v:.4f}")
+            row.append(text + (" ✓" if c == sel["chosen"] else ""))
+        rows.append(row)
+    header = ["init", "protocol", "fraction", "seeds", "selected at seed", "val metric",
+              *(f"lr {c:g}" for c in cands)]  # fmt: skip
+    return "\n".join(
+        [
+            "<details><summary>Validation score of each candidate learning rate</summary>",
+            "",
+            _md_table(header, rows),
+            "",
+            "✓ = chosen; n/a = the candidate run failed or diverged (left out of the choice); "
+            "`seeds` = the final runs that used this choice.",
+            "",
+            "</details>",
+        ]
+    )
 
 
 # ---------------------------------------------------------------- figure
@@ -447,13 +754,38 @@ def _flatten(prefix: str, obj, out: dict) -> None:
         out[prefix] = obj
 
 
-def _settings_section(records: list[dict]) -> str:
+# (field, label): shown first in the settings section, "not recorded" when absent
+KEY_SETTINGS = (
+    ("env.git_commit", "git commit"),
+    ("env.cxrbench", "cxrbench"),
+    ("env.python", "python"),
+    ("env.torch", "torch"),
+    ("env.torchvision", "torchvision"),
+    ("env.smp", "segmentation-models-pytorch"),
+    ("env.pycocotools", "pycocotools"),
+    ("env.device", "device"),
+    ("env.gpu", "GPU"),
+    ("arch", "arch"),
+    ("image_size", "image size"),
+    ("hparams.epochs", "max epochs"),
+    ("hparams.patience", "early-stopping patience"),
+    ("hparams.batch_size", "batch size"),
+    ("hparams.optimizer", "optimizer"),
+    ("hparams.weight_decay", "weight decay"),
+    ("hparams.detector", "detector"),
+    ("split.name", "split"),
+    ("data.synthetic", "synthetic data"),
+)
+OPTIONAL_SETTINGS = {"env.gpu", "hparams.detector"}
+
+
+def _setting_values(records: list[dict]) -> dict[str, dict[str, int]]:
     values: dict[str, dict[str, int]] = {}
     for rec in records:
         flat: dict = {}
         for key in ("arch", "image_size", "primary_metric"):
             flat[key] = rec.get(key)
-        for key in ("env", "hparams", "data"):
+        for key in ("env", "hparams", "data", "split"):
             _flatten(key, rec.get(key), flat)
         for k, v in flat.items():
             if v is None or isinstance(v, (list, dict)):
@@ -461,21 +793,46 @@ def _settings_section(records: list[dict]) -> str:
             text = json.dumps(v) if isinstance(v, bool) else str(v)
             values.setdefault(k, {}).setdefault(text, 0)
             values[k][text] += 1
-    order = sorted(values, key=lambda k: (k.split(".")[0] != "env", k))
-    rows = []
-    for k in order:
-        vs = values[k]
-        text = ", ".join(
-            f"`{v}`" + (f" ({c})" if len(vs) > 1 else "") for v, c in sorted(vs.items())
-        )
-        rows.append([f"`{k}`", text if len(vs) == 1 else f"{text} — differs between runs"])
+    return values
+
+
+def _values_text(vs: dict[str, int], n_records: int) -> str:
+    text = ", ".join(f"`{v}`" + (f" ({c})" if len(vs) > 1 else "") for v, c in sorted(vs.items()))
+    missing = n_records - sum(vs.values())
+    if missing > 0:
+        text += f", not recorded ({missing})"
+    return text if len(vs) == 1 and missing <= 0 else f"{text} — differs between runs"
+
+
+def _settings_section(records: list[dict]) -> str:
+    """What produced the numbers: key settings and versions first (git commit(s),
+    torch/torchvision/smp/pycocotools, device, arch, image size, epochs, batch size,
+    split), then every other scalar field of ``env``/``hparams``/``data``/``split``."""
+    values = _setting_values(records)
+    n = len(records)
+    key_rows = []
+    for field, label in KEY_SETTINGS:
+        if field in values:
+            key_rows.append([label, f"`{field}`", _values_text(values[field], n)])
+        elif field not in OPTIONAL_SETTINGS:
+            key_rows.append([label, f"`{field}`", "not recorded"])
+    shown = {f for f, _ in KEY_SETTINGS}
+    order = sorted((k for k in values if k not in shown),
+                   key=lambda k: (k.split(".")[0] != "env", k))  # fmt: skip
+    rows = [[f"`{k}`", _values_text(values[k], n)] for k in order]
     return "\n".join(
         [
             "## Software and settings",
             "",
             "Distinct values found in the run records (run counts when they differ).",
             "",
+            _md_table(["setting", "record field", "values"], key_rows),
+            "",
+            "<details><summary>All recorded settings</summary>",
+            "",
             _md_table(["field", "values"], rows),
+            "",
+            "</details>",
         ]
     )
 
@@ -525,29 +882,55 @@ def _consistency_notes(df: pd.DataFrame) -> list[str]:
 
 
 def _appendix(df: pd.DataFrame) -> str:
-    done = df[df["status"] == "complete"]
-    done = done.assign(
-        _i=done["init"].map(_ordered(done["init"], INIT_ORDER).index),
-        _p=done["protocol"].map(_ordered(done["protocol"], PROTOCOL_ORDER).index),
-    ).sort_values(["task", "_i", "_p", "fraction", "seed"])
-    if done.empty:
+    """Every run record (any status): ids, lr (and whether it was searched), epochs run
+    of the maximum, best epoch, wall time, status, test/val primary metric, flags."""
+    if df.empty:
         return ""
+    d = df.assign(
+        _i=df["init"].map(_ordered(df["init"], INIT_ORDER).index),
+        _p=df["protocol"].map(_ordered(df["protocol"], PROTOCOL_ORDER).index),
+    ).sort_values(["task", "_i", "_p", "fraction", "seed", "run_id"])
 
     def fmt(v, spec):
-        return "" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+        return "" if _is_nan(v) else format(v, spec)
+
+    def epochs(r):
+        run, top = r.get("epochs_run"), r.get("epochs")
+        run = None if _is_nan(run) else int(run)
+        top = None if _is_nan(top) else int(top)
+        if run is None and top is None:
+            return ""
+        return f"{'?' if run is None else run}/{'?' if top is None else top}"
+
+    def lr_from(r):
+        sel = r.get("lr_selection")
+        return f"search ({len(sel['candidates'])})" if isinstance(sel, dict) else "fixed"
+
+    def flags(r):
+        out = [("partial " + PARTIAL_MARK) if r["partial"] else "",
+               ("leakage " + LEAK_MARK) if r["leakage"] else "",
+               "synthetic" if r["synthetic"] else ""]  # fmt: skip
+        return ", ".join(f for f in out if f)
 
     rows = [
         [r["run_id"], r["task"], r["init"], r["protocol"], _pct(r["fraction"]), r["seed"],
-         fmt(r["lr"], "g"), "" if r.get("best_epoch") is None else r["best_epoch"],
-         fmt(r["wall_s"], ".1f"), r["primary_metric"], fmt(r["test_primary"], ".4f"),
-         fmt(r["val_primary"], ".4f"), "yes" if r["partial"] else "no",
-         "yes " + LEAK_MARK if r["leakage"] else "no", "yes" if r["synthetic"] else "no"]
-        for r in done.to_dict("records")
+         r["status"], fmt(_lr_used(r), "g"), lr_from(r), epochs(r),
+         "" if _is_nan(r.get("best_epoch")) else int(r["best_epoch"]), fmt(r["wall_s"], ".1f"),
+         r["primary_metric"], fmt(r["test_primary"], ".4f"), fmt(r["val_primary"], ".4f"),
+         flags(r)]
+        for r in d.to_dict("records")
     ]  # fmt: skip
-    header = ["run_id", "task", "init", "protocol", "fraction", "seed", "lr", "best_epoch",
-              "wall s", "metric", "test", "val", "partial", "leakage", "synthetic"]  # fmt: skip
-    caption = _caption("All complete runs", bool(done["synthetic"].any()))
-    return "\n".join(["## Appendix: per-run results", "", caption, "", _md_table(header, rows)])
+    header = ["run_id", "task", "init", "protocol", "fraction", "seed", "status", "lr",
+              "lr from", "epochs run/max", "best epoch", "wall s", "metric", "test", "val",
+              "flags"]  # fmt: skip
+    caption = _caption("All runs", bool(d["synthetic"].any()))
+    legend = (
+        "`lr from`: `search (k)` = chosen on validation among k candidates, `fixed` = "
+        "configured. Only `complete` runs enter the tables."
+    )
+    return "\n".join(
+        ["## Appendix: per-run results", "", caption, "", _md_table(header, rows), "", legend]
+    )
 
 
 def _synthetic_block(df: pd.DataFrame) -> str:
@@ -561,18 +944,26 @@ def _synthetic_block(df: pd.DataFrame) -> str:
     )
 
 
-def _task_section(df: pd.DataFrame, task: str, out_md: Path) -> str:
+def _task_section(df: pd.DataFrame, task: str, out_md: Path, figures: bool = True) -> str:
     d = df[(df["task"] == task) & (df["status"] == "complete")]
     parts = [f"## {task}", ""]
     if d.empty:
         return "\n".join([*parts, "No complete runs."])
-    parts += [make_table(aggregate(d), task), ""]
+    agg = aggregate(d)
+    csv_path, tex_path = write_table_exports(agg, task, out_md)
+    parts += [
+        make_table(agg, task),
+        "",
+        f"The same table as [CSV]({csv_path.name}) (tidy: one row per cell) and as "
+        f"[LaTeX]({tex_path.name}) (booktabs `tabular`).",
+        "",
+    ]
     for m in _ordered(d["primary_metric"], METRIC_ORDER):
         parts.append(f"- `{m}` (primary): {METRIC_NOTES.get(m, 'see the run records')}")
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(task))
-    png = out_md.with_name(f"{out_md.stem}_{slug}_label_efficiency.png")
-    if plot_label_efficiency(d, task, png) is not None:
+    png = out_md.with_name(f"{out_md.stem}_{_slug(task)}_label_efficiency.png")
+    if figures and plot_label_efficiency(d, task, png) is not None:
         parts += ["", f"![{task} label efficiency]({png.name})"]
+    parts += ["", lr_table(df, task)]
     secondary = _secondary_table(d, task)
     if secondary:
         parts += [
@@ -586,8 +977,24 @@ def _task_section(df: pd.DataFrame, task: str, out_md: Path) -> str:
     return "\n".join(parts)
 
 
-def write_report(runs_dir: str | Path, out_md: str | Path) -> Path:
-    """Write the markdown report (and one PNG per task beside it); returns its path."""
+def write_report(
+    runs_dir: str | Path,
+    out_md: str | Path,
+    extra_sections: list[str] | None = None,
+    *,
+    figures: bool = True,
+) -> Path:
+    """Write the markdown report and, beside it, per task ``<stem>_<task>.csv``,
+    ``<stem>_<task>.tex`` and (``figures=True``) ``<stem>_<task>_label_efficiency.png``
+    plus ``<stem>_<task>_examples.png`` (test predictions of the best and worst init,
+    drawn from the runs' ``.examples.npz`` files when present).
+
+    ``extra_sections`` are markdown strings (each should start with its own ``##``
+    heading) placed after the per-task results and notes, before the bookkeeping
+    sections (runs that did not complete, initializations, settings, appendix): the
+    hook for sections written elsewhere, e.g. example-prediction figures. Returns the
+    report's path.
+    """
     out_md = Path(out_md)
     out_md.parent.mkdir(parents=True, exist_ok=True)
     records, skipped = read_records(runs_dir)
@@ -601,18 +1008,32 @@ def write_report(runs_dir: str | Path, out_md: str | Path) -> Path:
         f"{len(df) - n_done} not complete, {len(skipped)} file(s) skipped).",
         "",
         "Each cell is the mean over seeds ± the half-width of the 95% Student-t confidence "
-        "interval (n = number of seeds; with n=1 there is no interval). Bold marks the best "
-        f"mean of its column (ties included; {LEAK_MARK} cells excluded). Only runs with status "
+        "interval (n = number of seeds; with n=1 there is no interval). Columns are grouped "
+        "by protocol: the header row names the protocol above the first column of its group "
+        "(the blank header cells after it belong to the same protocol), the first row gives "
+        "the label fraction. **Bold** marks the best mean of its column (ties included), "
+        "<u>underlined</u> cells are not significantly worse (their mean lies inside the best "
+        f"cell's 95% CI); {LEAK_MARK} cells are never marked. Only runs with status "
         "`complete` enter the means.",
     ]
     if df.empty:
         parts += ["", "No run records found."]
     else:
         for task in sorted(df["task"].astype(str).unique()):
-            parts += ["", _task_section(df, task, out_md)]
+            parts += ["", _task_section(df, task, out_md, figures=figures)]
         notes = _consistency_notes(df)
         if notes:
             parts += ["", "## Notes", "", *(f"- {n}" for n in notes)]
+    sections = list(extra_sections or [])
+    if figures and records:
+        from bench.examples import example_sections
+
+        drawn = example_sections(records, Path(runs_dir), out_md)
+        if drawn:
+            sections.insert(0, "\n".join(["## Example predictions", "", *drawn]))
+    for section in sections:
+        if section and section.strip():
+            parts += ["", section.strip("\n")]
     for section in (
         _incomplete_section(df) if len(df) else "",
         _skipped_section(skipped),
@@ -627,11 +1048,17 @@ def write_report(runs_dir: str | Path, out_md: str | Path) -> Path:
 
 
 __all__ = [
+    "TIDY_COLUMNS",
     "aggregate",
+    "cell_marks",
     "load_records",
+    "lr_table",
+    "make_latex",
     "make_table",
     "plot_label_efficiency",
     "read_records",
     "records_to_frame",
+    "table_frame",
     "write_report",
+    "write_table_exports",
 ]

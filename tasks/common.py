@@ -4,7 +4,8 @@ Owns: the `DataError` type, DICOM reading (uncompressed, JPEG Baseline, RLE Loss
 MONOCHROME1, modality LUT) and writing (for the synthetic generators), deterministic
 image-level splits and nested label fractions (design section 7), external split-file
 import, the synthetic-data marker, and the on-disk preprocessing cache that turns a
-dataset into fixed-size uint8 arrays (`Prepared`).
+dataset into fixed-size uint8 arrays (`Prepared`), with per-image boxes for detection
+tasks (`boxes.npz`, `scale_boxes`).
 
 A task module (e.g. `tasks.siim`) finds its files, parses its labels, and hands a list
 of items plus a `load_item` function to `build_cache`; everything here is task-agnostic.
@@ -23,6 +24,7 @@ import tempfile
 import time
 import uuid
 import warnings
+import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,7 @@ from tqdm import tqdm
 CACHE_FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 SYNTHETIC_MARKER = "SYNTHETIC_DATA.txt"
+BOXES_FILE = "boxes.npz"  # per-image boxes of detection tasks, inside a cache directory
 SPLIT_SALT = "cxrbench-split-v1"
 FRACTION_SALT = "cxrbench-fraction-v1"
 SPLIT_ID_COLUMNS = ("ImageId", "image_id", "patientId", "dicom_id", "id")
@@ -481,6 +484,9 @@ class Prepared:
     orig_sizes: list[tuple[int, int]]  # (height, width) of the source DICOM
     manifest: dict
     synthetic: bool
+    # detection tasks: per image a float32 (M, 4) xyxy array in the image_size pixel
+    # frame ((0, 4) for an image without boxes); None for tasks without boxes (SIIM)
+    boxes: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -534,7 +540,10 @@ def load_prepared(cache_dir: Path) -> Prepared | None:
     try:
         images = np.load(cache_dir / "images.npy", mmap_mode="r")
         masks = np.load(cache_dir / "masks.npy", mmap_mode="r") if manifest["has_masks"] else None
-    except (OSError, ValueError):
+        boxes = (
+            _load_boxes(cache_dir / BOXES_FILE, len(items)) if manifest.get("has_boxes") else None
+        )
+    except (OSError, ValueError, KeyError):
         return None  # damaged by hand: treated as absent and rebuilt
     return Prepared(
         root=Path(manifest["source_root"]),
@@ -548,7 +557,44 @@ def load_prepared(cache_dir: Path) -> Prepared | None:
         orig_sizes=[tuple(it["orig_size"]) for it in items],
         manifest=manifest,
         synthetic=bool(manifest.get("synthetic")),
+        boxes=boxes,
     )
+
+
+def _save_boxes(path: Path, boxes: list[np.ndarray]) -> None:
+    """All images' boxes in one .npz: "boxes" (K, 4) float32 concatenated in cache order
+    and "offsets" (N + 1,) int64, image i owning rows offsets[i]:offsets[i + 1]."""
+    offsets = np.zeros(len(boxes) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(b) for b in boxes])
+    flat = np.concatenate(boxes, axis=0) if boxes else np.zeros((0, 4), np.float32)
+    with open(path, "wb") as f:
+        np.savez(f, boxes=flat.astype(np.float32).reshape(-1, 4), offsets=offsets)
+
+
+def _load_boxes(path: Path, n: int) -> list[np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            flat, offsets = z["boxes"], z["offsets"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: unreadable box file ({e})") from e
+    if (
+        flat.ndim != 2
+        or flat.shape[1] != 4
+        or offsets.shape != (n + 1,)
+        or offsets[-1] != len(flat)
+    ):
+        raise ValueError(f"{path}: inconsistent box arrays")
+    return [flat[offsets[i] : offsets[i + 1]] for i in range(n)]
+
+
+def scale_boxes(boxes, orig_size: tuple[int, int], image_size: int) -> np.ndarray:
+    """xyxy boxes in a (height, width) image's pixels -> the image_size x image_size frame
+    that `resize_image` produces (x scaled by image_size / width, y by image_size / height).
+    Returns float32 (M, 4)."""
+    h, w = orig_size
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    scale = np.array([image_size / w, image_size / h, image_size / w, image_size / h])
+    return (b * scale).astype(np.float32)
 
 
 def build_cache(
@@ -561,6 +607,8 @@ def build_cache(
     load_item: Callable[[dict], dict],
     manifest_extra: dict | None = None,
     has_masks: bool = False,
+    has_boxes: bool = False,
+    finalize: Callable[[dict], None] | None = None,
     strict: bool = False,
     progress: bool = True,
 ) -> Prepared:
@@ -568,7 +616,11 @@ def build_cache(
 
     items: dicts with at least "id" and "path" (the source DICOM, under root).
     load_item(item) -> {"image": uint8 (H, W), "mask": uint8 (H, W) or None,
-    "patient_id": str | None, "meta": dict merged into the manifest's item record}.
+    "patient_id": str | None, "meta": dict merged into the manifest's item record}, plus,
+    with has_boxes=True, "boxes": float (M, 4) xyxy already in the image_size frame
+    (see `scale_boxes`), stored in boxes.npz and loaded as `Prepared.boxes`.
+    finalize(manifest), when given, runs on the complete manifest (items included) just
+    before it is written, so a task can add summaries computed from the item records.
     A DicomReadError from load_item skips the item (recorded under "skipped_corrupt",
     with a warning) or, with strict=True, is raised; any other error aborts the build.
     The build happens in a temporary sibling directory that is renamed into place only
@@ -590,7 +642,7 @@ def build_cache(
             if has_masks
             else None
         )
-        records, skipped = [], []
+        records, skipped, all_boxes = [], [], []
         bar = tqdm(items, desc=f"prepare {task} @{s}px", unit="img", disable=not progress)
         for item in bar:
             try:
@@ -608,6 +660,8 @@ def build_cache(
             images[k] = resize_image(image, s)
             if masks is not None:
                 masks[k] = resize_mask(out["mask"], s)
+            if has_boxes:
+                all_boxes.append(_box_array(out.get("boxes"), item))
             records.append(
                 {
                     "id": item["id"],
@@ -627,6 +681,8 @@ def build_cache(
             _truncate_npy(tmp / "images.npy", len(records))
             if has_masks:
                 _truncate_npy(tmp / "masks.npy", len(records))
+        if has_boxes:
+            _save_boxes(tmp / BOXES_FILE, all_boxes)
         manifest = {
             "format_version": CACHE_FORMAT_VERSION,
             "task": task,
@@ -635,6 +691,7 @@ def build_cache(
             "source_root": str(root),
             "synthetic": is_synthetic(root),
             "has_masks": has_masks,
+            **({"has_boxes": True, "boxes_file": BOXES_FILE} if has_boxes else {}),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **(manifest_extra or {}),
             "items": records,
@@ -645,6 +702,8 @@ def build_cache(
         if "positive" in (records[0] if records else {}):
             counts["n_positive"] = sum(bool(r["positive"]) for r in records)
         manifest["counts"] = counts
+        if finalize is not None:
+            finalize(manifest)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         _move_into_place(tmp, cache_dir)
     except BaseException:
@@ -653,6 +712,15 @@ def build_cache(
     prepared = load_prepared(cache_dir)
     assert prepared is not None
     return prepared
+
+
+def _box_array(boxes, item: dict) -> np.ndarray:
+    b = np.zeros((0, 4), np.float32) if boxes is None else np.asarray(boxes, np.float32)
+    if b.size == 0:
+        return np.zeros((0, 4), np.float32)
+    if b.ndim != 2 or b.shape[1] != 4:
+        raise ValueError(f"{item['id']}: boxes must have shape (M, 4), got {b.shape}")
+    return b
 
 
 def relative_path(path, root: Path) -> str:

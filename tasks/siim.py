@@ -426,13 +426,7 @@ def synth_records(
     stream, id_base = _NAMESPACES[namespace]
     rng = np.random.default_rng([stream, seed])
     n = int(n)
-    storage = np.array(["plain"] * n, dtype=object)
-    order = rng.permutation(n)
-    start = 0
-    for kind, share in _STORAGE:
-        k = max(1, round(share * n)) if n >= 2 * len(_STORAGE) else int(start < n)
-        storage[order[start : start + k]] = kind
-        start += k
+    storage = _assign_storage(rng, n)
     n_neg = round(n / 3)
     order = rng.permutation(n)
     negative = np.zeros(n, bool)
@@ -456,8 +450,7 @@ def synth_records(
         else:
             sides = [int(case_rng.choice([-1, 1]))]
         image, regions = _render(case_rng, size, sides)
-        if storage[i] == "rescale":
-            image = np.maximum(image, 4) & np.uint8(0xFE)
+        image = _fit_storage(image, storage[i])
         tail = f"8323329.{id_base + i}.1517875{stamps[0][i]}"
         r = int(stamps[1][i])
         yield {
@@ -470,6 +463,32 @@ def synth_records(
             "regions": regions,
             "rles": [rle_encode(m) for m in regions],
         }
+
+
+def _assign_storage(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Storage kind per case ("plain" or one of `_STORAGE`, each at least once when n allows)."""
+    storage = np.array(["plain"] * n, dtype=object)
+    order = rng.permutation(n)
+    start = 0
+    for kind, share in _STORAGE:
+        k = max(1, round(share * n)) if n >= 2 * len(_STORAGE) else int(start < n)
+        storage[order[start : start + k]] = kind
+        start += k
+    return storage
+
+
+def _fit_storage(image: np.ndarray, kind: str) -> np.ndarray:
+    """Make pixels exactly representable by the storage kind (rescale: even and >= 4)."""
+    return np.maximum(image, 4) & np.uint8(0xFE) if kind == "rescale" else image
+
+
+def _storage_kwargs(kind: str) -> dict:
+    """`common.write_dicom` keyword arguments for a storage kind."""
+    return {
+        "compression": {"rle": "rle", "jpeg": "jpeg"}.get(kind),
+        "monochrome1": kind == "mono1",
+        "rescale": _RESCALE if kind == "rescale" else None,
+    }
 
 
 def _uuid(rng: np.random.Generator) -> str:
@@ -487,7 +506,7 @@ def _smooth_noise(rng, size: int, cells: int) -> np.ndarray:
     return np.asarray(coarse.resize((size, size), Image.Resampling.BICUBIC))
 
 
-def _render(rng: np.random.Generator, size: int, ptx_sides: list[int]):
+def _render(rng: np.random.Generator, size: int, ptx_sides: list[int], lesion=None):
     """One chest-X-ray-like image and one pneumothorax mask per side in ptx_sides.
 
     Dark background, bright body, two darker lung fields with rib arcs and smooth
@@ -495,6 +514,12 @@ def _render(rng: np.random.Generator, size: int, ptx_sides: list[int]):
     between the lung outline and a shrunken copy of it that still touches the outline at
     its medial-inferior edge (so the crescent is widest at the apex / lateral side): no
     markings or ribs, clearly darker, with a thin bright pleural line at its inner edge.
+
+    lesion (used by other tasks' generators, e.g. `tasks.rsna`): optional callable
+    `lesion(rng, img, scene) -> img` applied to the float image just before the final
+    noise; scene = {"size", "xx", "yy" (pixel-centre coordinates in [0, 1], shapes
+    (1, size) and (size, 1)), "lungs": [(side, cx, cy, ax, ay), ...] (lung ellipses)}.
+    Without it the random stream, and so every SIIM image, is unchanged.
     """
     c = (np.arange(size, dtype=np.float32) + 0.5) / size
     yy, xx = c[:, None], c[None, :]
@@ -515,10 +540,11 @@ def _render(rng: np.random.Generator, size: int, ptx_sides: list[int]):
     lung_soft = np.zeros((size, size), np.float32)
     ptx_region = np.zeros((size, size), bool)
     pleural_line = np.zeros((size, size), bool)
-    regions = []
+    regions, lungs = [], []
     for side in (-1, 1):
         lcx, lcy = cx + side * rng.uniform(0.16, 0.19), rng.uniform(0.43, 0.47)
         ax, ay = rng.uniform(0.115, 0.135), rng.uniform(0.26, 0.30)
+        lungs.append((side, lcx, lcy, ax, ay))
         e = _ellipse(xx, yy, lcx, lcy, ax, ay)
         lung_soft = np.maximum(lung_soft, np.clip((1 - e) / 0.12, 0, 1))
         if side in ptx_sides:
@@ -545,6 +571,8 @@ def _render(rng: np.random.Generator, size: int, ptx_sides: list[int]):
         ptx_level = lung_level - rng.uniform(22, 40)
         img = np.where(ptx_region, ptx_level + 2 * markings, img)
         img = np.where(pleural_line & ~ptx_region, img + 50, img)
+    if lesion is not None:
+        img = lesion(rng, img, {"size": size, "xx": xx, "yy": yy, "lungs": lungs})
     img = img + rng.normal(0, 3.0, (size, size))
     return np.clip(np.rint(img), 0, 255).astype(np.uint8), regions
 
@@ -592,9 +620,7 @@ def _write_set(out, n, seed, size, namespace, progress, labels_csv: bool) -> dic
             sop_uid=rec["image_id"],
             study_uid=rec["study_uid"],
             series_uid=rec["series_uid"],
-            compression={"rle": "rle", "jpeg": "jpeg"}.get(kind),
-            monochrome1=kind == "mono1",
-            rescale=_RESCALE if kind == "rescale" else None,
+            **_storage_kwargs(kind),
         )
         storage[kind] = storage.get(kind, 0) + 1
         patients.add(rec["patient_id"])

@@ -120,6 +120,11 @@ def test_protocols_and_report(siim_root, tmp_path):
     text = md.read_text()
     assert "SYNTHETIC DATA" in text and "linear 50%" in text and "(n=2)" in text
     assert list(md.parent.glob("*.png"))
+    # every run kept its example predictions; the report draws them
+    assert len(list(out.glob("*.examples.npz"))) == 4
+    assert (md.parent / "r_siim_examples.png").stat().st_size > 1000
+    assert "## Example predictions" in text and "![siim examples](r_siim_examples.png)" in text
+    assert "Best and worst init for frozen at 50% labels" in text
 
 
 def test_bad_input_exit_codes(siim_root, tmp_path, capsys):
