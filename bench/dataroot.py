@@ -73,5 +73,15 @@ def resolve_data_root(task: str, data_root: str | None, progress: bool = True) -
     return root, synthetic
 
 
+_ANNOUNCED: set[str] = set()
+
+
 def announce_synthetic(root: Path) -> None:
+    """The full banner the first time a process meets ``root``, then a one-line reminder
+    (a sweep or the demo runs many configurations on the same data in one process)."""
+    key = str(Path(root).resolve())
+    if key in _ANNOUNCED:
+        print(f"!! SYNTHETIC DATA: {root}", file=sys.stderr)
+        return
+    _ANNOUNCED.add(key)
     print(BANNER.format(root=root), file=sys.stderr)

@@ -23,8 +23,10 @@ def rsna_root(tmp_path_factory):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["n_images"] == 48
-    assert (root / "stage_2_train_labels.csv").read_text().startswith(
-        "patientId,x,y,width,height,Target\n"
+    assert (
+        (root / "stage_2_train_labels.csv")
+        .read_text()
+        .startswith("patientId,x,y,width,height,Target\n")
     )
     assert len(list((root / "stage_2_train_images").glob("*.dcm"))) == 48
     return root
@@ -75,7 +77,9 @@ def test_runs_record_the_right_metrics(runs):
     assert set(recs) == {"linear", "frozen", "finetune"}
     assert all(r["status"] == "complete" and r["data"]["synthetic"] for r in recs.values())
     # linear = segmentation of the box masks, detection protocols = mAP
-    assert recs["linear"]["primary_metric"] == "dice" and "dice" in recs["linear"]["metrics"]["test"]
+    assert (
+        recs["linear"]["primary_metric"] == "dice" and "dice" in recs["linear"]["metrics"]["test"]
+    )
     for protocol in ("frozen", "finetune"):
         rec = recs[protocol]
         assert rec["primary_metric"] == "map"
@@ -129,9 +133,12 @@ def test_evaluate_ground_truth_empty_and_bad_submissions(rsna_root, labels, tmp_
     assert json.loads(capsys.readouterr().out)["metrics"]["map"] < 1.0
 
     cases = {
-        "unknown id": (pd.concat([gt, pd.DataFrame({"patientId": ["no-such-patient"],
-                                                   "PredictionString": [""]})]),  # fmt: skip
-                       "no-such-patient"),
+        "unknown id": (
+            pd.concat(
+                [gt, pd.DataFrame({"patientId": ["no-such-patient"], "PredictionString": [""]})]
+            ),  # fmt: skip
+            "no-such-patient",
+        ),
         "confidence": (gt.assign(PredictionString="1.5 1 1 10 10"), "confidence outside [0, 1]"),
         "groups": (gt.assign(PredictionString="0.5 1 1 10"), "groups of 5"),
         "size": (gt.assign(PredictionString="0.5 1 1 -10 10"), "non-positive width"),
