@@ -130,6 +130,12 @@ def test_shipped_sweep_files_parse():
     ci = load_sweep(REPO / "configs" / "ci.yaml")
     assert {c.task for c in ci.runs} == {"siim", "rsna"} and len({c.seed for c in ci.runs}) >= 3
     assert ci.lr_search is not None and all(c.arch == "resnet18" for c in ci.runs)
+    # the committed baseline covers exactly the cells of the CI sweep, each with every seed
+    baseline = json.loads((REPO / "baselines" / "ci.json").read_text())
+    cells = {f"{c.task}/{c.init_label}/{c.protocol}/{c.fraction:g}" for c in ci.runs}
+    assert {k.rsplit("/", 1)[0] for k in baseline["cells"]} == cells
+    seeds = sorted({c.seed for c in ci.runs})
+    assert all(cell["seeds"] == seeds for cell in baseline["cells"].values())
     example = load_sweep(REPO / "configs" / "example.yaml")
     assert len(example.runs) == 2 * 3 * 3 * 3 * 3 and set(example.executor) == {
         "local",
