@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="markdown file to write; figures and <stem>_<task>.csv/.tex tables go beside it")
     p.add_argument("--extra-section", action="append", metavar="FILE.md",
                    help="markdown file appended as a section after the results (repeatable)")
-    p.add_argument("--no-figures", action="store_true", help="skip the label-efficiency figures")
+    p.add_argument("--no-figures", action="store_true", help="skip the figures (label efficiency, example predictions)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("compare", help="regression check of run records against a baseline (exit 1 on regression)",
