@@ -469,6 +469,44 @@ def _id_column(path: Path, header: list[str]) -> int:
 # --------------------------------------------------------------------------- cache
 
 
+def match_labels_to_dicoms(
+    labels: Mapping, dicoms: Mapping, *, label_csv, id_name: str, where_missing: str,
+    dicom_dir, expected_layout: str, strict: bool,
+) -> tuple[list[str], list[str], list[str]]:
+    """(matched, label ids without a DICOM, DICOM ids without labels), all sorted.
+
+    Label ids without a DICOM are a warning (skipped, counted in the manifest) or, with
+    ``strict``, an error naming the label file; no match at all is always an error.
+    """
+    matched = sorted(set(dicoms) & set(labels))
+    without_dicom = sorted(set(labels) - set(dicoms))
+    without_labels = sorted(set(dicoms) - set(labels))
+    if without_dicom:
+        msg = (
+            f"{label_csv}: {len(without_dicom)} {id_name}(s) have no DICOM {where_missing}, "
+            f"e.g. {without_dicom[:10]}"
+        )
+        if strict:
+            raise DataError(msg)
+        warnings.warn(msg + " (skipped)", stacklevel=4)
+    if not matched:
+        raise DataError(
+            f"{label_csv}: none of its {len(labels)} {id_name}s matches a DICOM "
+            f"file name under {dicom_dir} ({len(dicoms)} .dcm files); {expected_layout}"
+        )
+    return matched, without_dicom, without_labels
+
+
+def ground_truth_splits(
+    gt: Mapping[str, dict], split_file=None, ratios: tuple[float, float, float] = (0.7, 0.15, 0.15)
+) -> dict[str, str]:
+    """{image id: split} for a task's ground-truth entries (each with a ``patient_id``):
+    the split `split_indices` gives the same ids, or the one of an external split file."""
+    if split_file is not None:
+        return load_split_file(split_file, list(gt))
+    return assign_splits(list(gt), {i: e["patient_id"] for i, e in gt.items()}, ratios)
+
+
 @dataclass
 class Prepared:
     """A prepared (cached) dataset: fixed-size arrays plus bookkeeping, in cache order."""

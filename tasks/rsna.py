@@ -258,22 +258,11 @@ def _scan(root, strict: bool) -> dict:
         classes = read_class_info(layout["class_csv"])
         _check_classes(labels, classes, layout["label_csv"], layout["class_csv"])
     row_counts = count_label_rows(layout["label_csv"])
-    matched = sorted(set(dicoms) & set(labels))
-    without_dicom = sorted(set(labels) - set(dicoms))
-    without_labels = sorted(set(dicoms) - set(labels))
-    if without_dicom:
-        msg = (
-            f"{layout['label_csv']}: {len(without_dicom)} patientId(s) have no DICOM "
-            f"{IMAGE_DIR}/<patientId>.dcm under {layout['root']}, e.g. {without_dicom[:10]}"
-        )
-        if strict:
-            raise DataError(msg)
-        warnings.warn(msg + " (skipped)", stacklevel=3)
-    if not matched:
-        raise DataError(
-            f"{layout['label_csv']}: none of its {len(labels)} patientIds matches a DICOM "
-            f"file name under {layout['dicom_dir']} ({len(dicoms)} .dcm files); {EXPECTED_LAYOUT}"
-        )
+    matched, without_dicom, without_labels = common.match_labels_to_dicoms(
+        labels, dicoms, label_csv=layout["label_csv"], id_name="patientId",
+        where_missing=f"{IMAGE_DIR}/<patientId>.dcm under {layout['root']}",
+        dicom_dir=layout["dicom_dir"], expected_layout=EXPECTED_LAYOUT, strict=strict,
+    )  # fmt: skip
     without_class = sorted(set(matched) - set(classes)) if classes is not None else []
     if without_class:
         warnings.warn(
@@ -567,13 +556,7 @@ def load_ground_truth(root, rle_format: str | None = None, *, progress: bool = F
     return out
 
 
-def ground_truth_splits(
-    gt: dict, split_file=None, ratios: tuple[float, float, float] = (0.7, 0.15, 0.15)
-) -> dict[str, str]:
-    """{patientId: split} for ground-truth entries, identical to `common.split_indices`."""
-    if split_file is not None:
-        return common.load_split_file(split_file, list(gt))
-    return common.assign_splits(list(gt), {i: e["patient_id"] for i, e in gt.items()}, ratios)
+ground_truth_splits = common.ground_truth_splits
 
 
 # --------------------------------------------------------------------------- synthetic data

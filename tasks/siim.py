@@ -229,22 +229,11 @@ def _scan(root, rle_format: str | None, strict: bool) -> dict:
     layout = find_layout(root, rle_format)
     dicoms = find_dicoms(layout["dicom_dir"])
     labels = read_labels(layout["label_csv"], layout["rle_format"])
-    matched = sorted(set(dicoms) & set(labels))
-    without_dicom = sorted(set(labels) - set(dicoms))
-    without_labels = sorted(set(dicoms) - set(labels))
-    if without_dicom:
-        msg = (
-            f"{layout['label_csv']}: {len(without_dicom)} ImageId(s) have no DICOM under "
-            f"{layout['dicom_dir']}, e.g. {without_dicom[:10]}"
-        )
-        if strict:
-            raise DataError(msg)
-        warnings.warn(msg + " (skipped)", stacklevel=3)
-    if not matched:
-        raise DataError(
-            f"{layout['label_csv']}: none of its {len(labels)} ImageIds matches a DICOM "
-            f"file name under {layout['dicom_dir']} ({len(dicoms)} .dcm files); {EXPECTED_LAYOUT}"
-        )
+    matched, without_dicom, without_labels = common.match_labels_to_dicoms(
+        labels, dicoms, label_csv=layout["label_csv"], id_name="ImageId",
+        where_missing=f"under {layout['dicom_dir']}", dicom_dir=layout["dicom_dir"],
+        expected_layout=EXPECTED_LAYOUT, strict=strict,
+    )  # fmt: skip
     return {
         **layout,
         "dicoms": dicoms,
@@ -386,13 +375,7 @@ def ground_truth_mask(entry: dict) -> np.ndarray:
     return decode_rows(entry["rles"], entry["height"], entry["width"], entry["rle_format"])
 
 
-def ground_truth_splits(
-    gt: dict, split_file=None, ratios: tuple[float, float, float] = (0.7, 0.15, 0.15)
-) -> dict[str, str]:
-    """{ImageId: split} for ground-truth entries, identical to `common.split_indices`."""
-    if split_file is not None:
-        return common.load_split_file(split_file, list(gt))
-    return common.assign_splits(list(gt), {i: e["patient_id"] for i, e in gt.items()}, ratios)
+ground_truth_splits = common.ground_truth_splits
 
 
 # --------------------------------------------------------------------------- synthetic data

@@ -1,6 +1,7 @@
 """Test isolation: caches and weights in a temporary folder, no network, no empty runs."""
 
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -17,3 +18,19 @@ def pytest_sessionfinish(session, exitstatus):
     # "no tests collected" must fail, whoever runs pytest
     if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A private preprocessing cache ($CXRBENCH_CACHE) for one test."""
+    root = tmp_path / "cache"
+    monkeypatch.setenv("CXRBENCH_CACHE", str(root))
+    return root
+
+
+@pytest.fixture
+def data(synth_data, tmp_path):
+    """A private, modifiable copy of the module's ``synth_data`` dataset."""
+    dst = tmp_path / "data"
+    shutil.copytree(synth_data[0], dst)
+    return dst

@@ -22,13 +22,6 @@ from tasks import common
 from tasks.common import DataError, DicomReadError
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    root = tmp_path / "cache"
-    monkeypatch.setenv("CXRBENCH_CACHE", str(root))
-    return root
-
-
 def _image(h=48, w=40, seed=0):
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import warnings
 
 import numpy as np
@@ -26,21 +25,6 @@ def synth_data(tmp_path_factory):
     summary = rsna.synth(root, n=N, seed=SEED, size=SIZE, progress=False)
     records = {r["patient_id"]: r for r in rsna.synth_records(N, SEED, SIZE)}
     return root, summary, records
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    root = tmp_path / "cache"
-    monkeypatch.setenv("CXRBENCH_CACHE", str(root))
-    return root
-
-
-@pytest.fixture
-def data(synth_data, tmp_path):
-    """A private, modifiable copy of the synthetic dataset."""
-    dst = tmp_path / "data"
-    shutil.copytree(synth_data[0], dst)
-    return dst
 
 
 def _lines(root, name=rsna.LABELS_CSV):

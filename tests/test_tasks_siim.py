@@ -41,21 +41,6 @@ def synth_data(tmp_path_factory):
     return root, summary, records
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    root = tmp_path / "cache"
-    monkeypatch.setenv("CXRBENCH_CACHE", str(root))
-    return root
-
-
-@pytest.fixture
-def data(synth_data, tmp_path):
-    """A private, modifiable copy of the synthetic dataset."""
-    dst = tmp_path / "data"
-    shutil.copytree(synth_data[0], dst)
-    return dst
-
-
 def _csv_lines(root):
     return (root / "train-rle.csv").read_text().splitlines()
 
