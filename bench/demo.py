@@ -57,7 +57,7 @@ def pretrain_supervised(data_root: Path, out_file: Path, settings: dict, progres
     if out_file.exists():
         return out_file
     prepared = prepare(data_root, settings["image_size"], progress=progress)
-    images = torch.from_numpy(np.asarray(prepared.images))
+    images = torch.from_numpy(np.array(prepared.images))  # a writable copy of the memmap
     labels = torch.from_numpy(np.asarray(prepared.masks).reshape(len(images), -1).max(1) > 0).float()
     seed_everything(1234)
     model = getattr(torchvision.models, settings["arch"])(weights=None, num_classes=1)
