@@ -530,6 +530,15 @@ class Prepared:
         return len(self.ids)
 
 
+def check_strict(prepared: Prepared, strict: bool) -> None:
+    """Under ``--strict``, DICOMs skipped as corrupt (now or when the cache was built) are fatal."""
+    skipped = prepared.manifest["skipped_corrupt"]
+    if strict and skipped:
+        raise DataError(
+            f"{skipped[0]['path']}: {len(skipped)} corrupt DICOM(s) (strict mode): {skipped[0]['error']}"
+        )
+
+
 def cache_key(
     task: str, image_size: int, key_material: dict, files: Iterable[Path], root: Path
 ) -> str:

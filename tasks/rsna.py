@@ -461,11 +461,7 @@ def prepare(
     _warn_boxes(
         m["boxes_clipped"], m["boxes_dropped"], label_csv, prepared.cache_dir / "manifest.json"
     )
-    skipped = m["skipped_corrupt"]
-    if strict and skipped:
-        raise DataError(
-            f"{skipped[0]['path']}: {len(skipped)} corrupt DICOM(s) (strict mode): {skipped[0]['error']}"
-        )
+    common.check_strict(prepared, strict)
     return prepared
 
 

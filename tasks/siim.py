@@ -305,11 +305,7 @@ def prepare(
             strict=strict,
             progress=progress,
         )
-    skipped = prepared.manifest["skipped_corrupt"]
-    if strict and skipped:
-        raise DataError(
-            f"{skipped[0]['path']}: {len(skipped)} corrupt DICOM(s) (strict mode): {skipped[0]['error']}"
-        )
+    common.check_strict(prepared, strict)
     return prepared
 
 
