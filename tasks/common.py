@@ -165,6 +165,27 @@ def _header(ds, path) -> dict:
     }
 
 
+def read_png(path: str | os.PathLike) -> np.ndarray:
+    """A grayscale uint8 image from a PNG re-export (8- or 16-bit, gray or colour;
+    16-bit values are divided by 257, so 65535 -> 255).
+
+    An unreadable file raises DicomReadError (the "one image could not be read" error
+    the cache builder skips and counts), so PNG and DICOM datasets fail the same way.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode.startswith("I;16"):  # 16-bit gray: keep the stored scale
+                return np.rint(np.asarray(im, np.float64) / 257.0).astype(np.uint8)
+            if im.mode in ("I", "F"):  # 32-bit: no declared range, stretch it
+                return _to_uint8(np.asarray(im))
+            return np.asarray(im.convert("L"), dtype=np.uint8).copy()
+    except (OSError, SyntaxError, ValueError, UnidentifiedImageError) as e:
+        raise DicomReadError(f"{path}: not a readable PNG file ({e})") from e
+
+
 def _invert(raw: np.ndarray, ds) -> np.ndarray:
     """MONOCHROME1 -> MONOCHROME2 on stored values.
 
@@ -471,7 +492,7 @@ def _id_column(path: Path, header: list[str]) -> int:
 
 def match_labels_to_dicoms(
     labels: Mapping, dicoms: Mapping, *, label_csv, id_name: str, where_missing: str,
-    dicom_dir, expected_layout: str, strict: bool,
+    dicom_dir, expected_layout: str, strict: bool, kind: str = "DICOM", suffix: str = ".dcm",
 ) -> tuple[list[str], list[str], list[str]]:
     """(matched, label ids without a DICOM, DICOM ids without labels), all sorted.
 
@@ -483,7 +504,7 @@ def match_labels_to_dicoms(
     without_labels = sorted(set(dicoms) - set(labels))
     if without_dicom:
         msg = (
-            f"{label_csv}: {len(without_dicom)} {id_name}(s) have no DICOM {where_missing}, "
+            f"{label_csv}: {len(without_dicom)} {id_name}(s) have no {kind} {where_missing}, "
             f"e.g. {without_dicom[:10]}"
         )
         if strict:
@@ -491,8 +512,8 @@ def match_labels_to_dicoms(
         warnings.warn(msg + " (skipped)", stacklevel=4)
     if not matched:
         raise DataError(
-            f"{label_csv}: none of its {len(labels)} {id_name}s matches a DICOM "
-            f"file name under {dicom_dir} ({len(dicoms)} .dcm files); {expected_layout}"
+            f"{label_csv}: none of its {len(labels)} {id_name}s matches a {kind} "
+            f"file name under {dicom_dir} ({len(dicoms)} {suffix} files); {expected_layout}"
         )
     return matched, without_dicom, without_labels
 
@@ -519,7 +540,7 @@ class Prepared:
     groups: list[str]  # patient id per image (image id when the header has none)
     images: np.ndarray  # uint8 (N, S, S), memory-mapped
     masks: np.ndarray | None  # uint8 {0,1} (N, S, S), memory-mapped, or None
-    orig_sizes: list[tuple[int, int]]  # (height, width) of the source DICOM
+    orig_sizes: list[tuple[int, int]]  # (height, width) of the label frame (the source DICOM)
     manifest: dict
     synthetic: bool
     # detection tasks: per image a float32 (M, 4) xyxy array in the image_size pixel
@@ -662,8 +683,9 @@ def build_cache(
     """Decode every item once, resize to image_size, store arrays + manifest.json.
 
     items: dicts with at least "id" and "path" (the source DICOM, under root).
-    load_item(item) -> {"image": uint8 (H, W), "mask": uint8 (H, W) or None,
-    "patient_id": str | None, "meta": dict merged into the manifest's item record}, plus,
+    load_item(item) -> {"image": uint8 (H, W), "mask": uint8 (any size) or None,
+    "patient_id": str | None, "meta": dict merged into the manifest's item record,
+    optionally "orig_size": (h, w) of the label frame when it is not the image's}, plus,
     with has_boxes=True, "boxes": float (M, 4) xyxy already in the image_size frame
     (see `scale_boxes`), stored in boxes.npz and loaded as `Prepared.boxes`.
     finalize(manifest), when given, runs on the complete manifest (items included) just
@@ -714,7 +736,9 @@ def build_cache(
                     "id": item["id"],
                     "patient_id": out.get("patient_id") or "",
                     "path": relative_path(item["path"], root),
-                    "orig_size": [int(image.shape[0]), int(image.shape[1])],
+                    # the frame labels and submissions use: the image's own size,
+                    # unless load_item says otherwise (a downsized PNG re-export)
+                    "orig_size": [int(v) for v in out.get("orig_size", image.shape[:2])],
                     **out.get("meta", {}),
                 }
             )

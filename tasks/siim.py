@@ -12,6 +12,12 @@ Layout (stage 1, what GLoRIA / MGCA / LoVT read)::
       dicom-images-train/<StudyUID>/<SeriesUID>/<ImageId>.dcm
       train-rle.csv            header "ImageId, EncodedPixels"; relative RLE
       (or stage_2_train.csv    header "ImageId,EncodedPixels"; RLE format must be chosen)
+
+PNG re-exports (public copies that replaced the DICOMs by ``<ImageId>.png``, possibly
+downsized) are read when there is no DICOM folder: the PNGs under one of
+``PNG_DIRS`` plus the same label CSV. The RLE still describes the 1024x1024 originals,
+so masks are decoded at ``PNG_RLE_SIZE`` and resized to the PNG; a PNG has no
+PatientID, so each image is its own split group (recorded in the manifest).
 """
 
 from __future__ import annotations
@@ -36,13 +42,17 @@ DICOM_DIR = "dicom-images-train"
 STAGE1_CSV = "train-rle.csv"
 STAGE2_CSV = "stage_2_train.csv"
 RLE_FORMATS = ("relative", "absolute")
+PNG_DIRS = ("png_images", "train_png", "images", "train")  # searched in this order
+PNG_RLE_SIZE = 1024  # the Kaggle RLE describes the 1024x1024 originals
 
 EXPECTED_LAYOUT = f"""expected SIIM-ACR layout:
   <root>/
     {DICOM_DIR}/<StudyUID>/<SeriesUID>/<ImageId>.dcm
     {STAGE1_CSV}        (header 'ImageId, EncodedPixels', relative RLE)
   or instead of {STAGE1_CSV}:
-    {STAGE2_CSV}    (header 'ImageId,EncodedPixels'; pass --rle-format absolute|relative)"""
+    {STAGE2_CSV}    (header 'ImageId,EncodedPixels'; pass --rle-format absolute|relative)
+  or, for a PNG re-export, instead of {DICOM_DIR}/:
+    one of {", ".join(d + "/" for d in PNG_DIRS)} holding <ImageId>.png (any depth)"""
 
 _INT = re.compile(r"-?[0-9]+")
 
@@ -153,9 +163,12 @@ def find_layout(root, rle_format: str | None = None) -> dict:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: SIIM-ACR data root does not exist; {EXPECTED_LAYOUT}")
-    dicom_dir = root / DICOM_DIR
+    dicom_dir, image_format = root / DICOM_DIR, "dicom"
     if not dicom_dir.is_dir():
-        raise DataError(f"{dicom_dir}: DICOM folder missing; {EXPECTED_LAYOUT}")
+        png_dir = next((root / d for d in PNG_DIRS if _has_png(root / d)), None)
+        if png_dir is None:
+            raise DataError(f"{dicom_dir}: DICOM folder missing; {EXPECTED_LAYOUT}")
+        dicom_dir, image_format = png_dir, "png"
     stage1, stage2 = root / STAGE1_CSV, root / STAGE2_CSV
     if stage1.is_file():
         label_csv, fmt = stage1, rle_format or "relative"
@@ -169,13 +182,18 @@ def find_layout(root, rle_format: str | None = None) -> dict:
         label_csv, fmt = stage2, rle_format
     else:
         raise DataError(f"{root}: no label CSV ({STAGE1_CSV} or {STAGE2_CSV}); {EXPECTED_LAYOUT}")
-    return {"root": root, "dicom_dir": dicom_dir, "label_csv": label_csv, "rle_format": fmt}
+    return {"root": root, "dicom_dir": dicom_dir, "label_csv": label_csv, "rle_format": fmt,
+            "image_format": image_format}  # fmt: skip
 
 
-def find_dicoms(dicom_dir: Path) -> dict[str, Path]:
-    """ImageId (file stem) -> path for every *.dcm below dicom_dir, sorted by id."""
+def _has_png(folder: Path) -> bool:
+    return folder.is_dir() and next(folder.rglob("*.png"), None) is not None
+
+
+def find_dicoms(dicom_dir: Path, suffix: str = ".dcm") -> dict[str, Path]:
+    """ImageId (file stem) -> path for every *.dcm (or ``suffix``) below dicom_dir, by id."""
     found: dict[str, Path] = {}
-    for path in sorted(Path(dicom_dir).rglob("*.dcm")):
+    for path in sorted(Path(dicom_dir).rglob(f"*{suffix}")):
         if path.stem in found:
             raise DataError(f"{path}: ImageId {path.stem} also found at {found[path.stem]}")
         found[path.stem] = path
@@ -227,12 +245,15 @@ def read_labels(csv_path, rle_format: str) -> dict[str, list[tuple[int, str]]]:
 def _scan(root, rle_format: str | None, strict: bool) -> dict:
     """Layout + DICOM files + labels, matched by ImageId, with the mismatches listed."""
     layout = find_layout(root, rle_format)
-    dicoms = find_dicoms(layout["dicom_dir"])
+    png = layout["image_format"] == "png"
+    suffix = ".png" if png else ".dcm"
+    dicoms = find_dicoms(layout["dicom_dir"], suffix)
     labels = read_labels(layout["label_csv"], layout["rle_format"])
     matched, without_dicom, without_labels = common.match_labels_to_dicoms(
         labels, dicoms, label_csv=layout["label_csv"], id_name="ImageId",
         where_missing=f"under {layout['dicom_dir']}", dicom_dir=layout["dicom_dir"],
-        expected_layout=EXPECTED_LAYOUT, strict=strict,
+        expected_layout=EXPECTED_LAYOUT, strict=strict, kind="PNG" if png else "DICOM",
+        suffix=suffix,
     )  # fmt: skip
     return {
         **layout,
@@ -268,6 +289,7 @@ def prepare(
         "label_file": label_csv.name,
         "label_sha256": common.sha256_file(label_csv),
         "rle_format": scan["rle_format"],
+        "image_format": scan["image_format"],
     }
     key = common.cache_key(TASK, image_size, material, scan["dicoms"].values(), root)
     cache_dir = common.cache_dir_for(TASK, key)
@@ -280,6 +302,10 @@ def prepare(
             "label_file": str(label_csv),
             "label_sha256": material["label_sha256"],
             "rle_format": scan["rle_format"],
+            "image_format": scan["image_format"],
+            "grouping": "PatientID from the DICOM header"
+            if scan["image_format"] == "dicom"
+            else f"ImageId (PNG re-export: no PatientID); RLE decoded at {PNG_RLE_SIZE}x{PNG_RLE_SIZE}",
             "counts": {
                 "n_label_rows": sum(len(v) for v in scan["labels"].values()),
                 "n_label_ids": len(scan["labels"]),
@@ -310,8 +336,13 @@ def prepare(
 
 
 def _load_item(item: dict, *, label_csv: Path, fmt: str) -> dict:
-    image, header = common.read_dicom_with_header(item["path"])
-    height, width = image.shape
+    if Path(item["path"]).suffix.lower() == ".png":
+        image = common.read_png(item["path"])
+        header = {"patient_id": None, "photometric": "png", "transfer_syntax": None}
+        height = width = PNG_RLE_SIZE  # the RLE's frame: the 1024x1024 originals
+    else:
+        image, header = common.read_dicom_with_header(item["path"])
+        height, width = image.shape
     mask = np.zeros((height, width), np.uint8)
     for line, rle in item["rows"]:
         try:
@@ -321,6 +352,7 @@ def _load_item(item: dict, *, label_csv: Path, fmt: str) -> dict:
     return {
         "image": image,
         "mask": mask,
+        "orig_size": (height, width),
         "patient_id": header["patient_id"],
         "meta": {
             "positive": bool(mask.any()),
@@ -348,11 +380,14 @@ def load_ground_truth(root, rle_format: str | None = None, *, progress: bool = F
     out = {}
     for image_id in tqdm(scan["matched"], desc="read headers", disable=not progress):
         path = scan["dicoms"][image_id]
-        try:
-            header = common.read_dicom_header(path)
-        except common.DicomReadError as e:
-            warnings.warn(f"skipping unreadable DICOM header: {e}", stacklevel=2)
-            continue
+        if scan["image_format"] == "png":  # the RLE's frame; no PatientID in a PNG
+            header = {"rows": PNG_RLE_SIZE, "columns": PNG_RLE_SIZE, "patient_id": None}
+        else:
+            try:
+                header = common.read_dicom_header(path)
+            except common.DicomReadError as e:
+                warnings.warn(f"skipping unreadable DICOM header: {e}", stacklevel=2)
+                continue
         rows = scan["labels"][image_id]
         out[image_id] = {
             "rles": [rle for _, rle in rows],

@@ -458,3 +458,103 @@ def test_no_matching_ids(data, cache):
         warnings.simplefilter("ignore")
         with pytest.raises(DataError, match="none of its 1 ImageIds"):
             _prepare(data)
+
+
+# --------------------------------------------------------------------------- PNG re-exports
+
+
+@pytest.fixture(scope="module")
+def png_pair(tmp_path_factory):
+    """The same few 1024x1024 synthetic cases as DICOMs and as a downsized PNG re-export."""
+    from PIL import Image
+
+    base = tmp_path_factory.mktemp("png")
+    dicom_root = base / "dicom"
+    siim.synth(dicom_root, n=8, seed=11, size=1024, progress=False)
+    png_root = base / "png"
+    (png_root / "png_images").mkdir(parents=True)
+    shutil.copy(dicom_root / "train-rle.csv", png_root / "train-rle.csv")
+    for path in sorted((dicom_root / siim.DICOM_DIR).rglob("*.dcm")):
+        image = Image.fromarray(common.read_dicom(path)).resize((256, 256), Image.Resampling.BOX)
+        image.save(png_root / "png_images" / f"{path.stem}.png")
+    return dicom_root, png_root
+
+
+def test_png_reexport_matches_the_dicoms(png_pair, cache):
+    dicom_root, png_root = png_pair
+    assert siim.find_layout(png_root)["image_format"] == "png"
+    from_dicom, from_png = _prepare(dicom_root, 64), _prepare(png_root, 64)
+    assert from_png.ids == from_dicom.ids
+    # the RLE is decoded in its own 1024x1024 frame, so the masks are the same
+    assert np.array_equal(np.asarray(from_png.masks), np.asarray(from_dicom.masks))
+    assert np.asarray(from_png.masks).any()
+    diff = np.abs(np.asarray(from_png.images, np.int16) - np.asarray(from_dicom.images, np.int16))
+    assert diff.mean() < 2.0  # only the resampling path differs
+    assert from_png.orig_sizes == [(1024, 1024)] * 8  # submissions are in the RLE's frame
+    m = from_png.manifest
+    assert m["image_format"] == "png" and "no PatientID" in m["grouping"]
+    assert {it["patient_id"] for it in m["items"]} == {""}  # each image its own split group
+
+
+def test_png_ground_truth_scores_one(png_pair, cache, tmp_path):
+    from bench.evaluate import evaluate_siim
+
+    _, png_root = png_pair
+    gt = siim.load_ground_truth(png_root)
+    assert {(e["height"], e["width"]) for e in gt.values()} == {(1024, 1024)}
+    result = evaluate_siim(png_root, png_root / "train-rle.csv", split="all")
+    assert result["metrics"]["dice"] == 1.0 and result["n_scored"] == 8
+
+
+def test_png_corrupt_and_sixteen_bit(png_pair, cache, tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "png"
+    shutil.copytree(png_pair[1], root)
+    pngs = sorted((root / "png_images").glob("*.png"))
+    pngs[0].write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    wide = np.asarray(Image.open(pngs[1]), np.uint16) * 257  # the same picture in 16 bits
+    Image.fromarray(wide).save(pngs[1])
+    with pytest.warns(UserWarning, match="not a readable PNG"):
+        prep = _prepare(root, 64)
+    assert len(prep) == 7 and pngs[0].stem not in prep.ids
+    assert prep.manifest["skipped_corrupt"][0]["path"].endswith(pngs[0].name)
+    k = prep.ids.index(pngs[1].stem)
+    reference = _prepare(png_pair[1], 64)
+    j = reference.ids.index(pngs[1].stem)
+    assert np.abs(np.asarray(prep.images[k], int) - np.asarray(reference.images[j], int)).max() <= 1
+    with pytest.raises(DataError, match=re.escape(pngs[0].name)):
+        _prepare(root, 64, strict=True)
+
+
+def test_png_layout_errors(png_pair, tmp_path, cache):
+    root = tmp_path / "png"
+    shutil.copytree(png_pair[1], root)
+    (root / "train-rle.csv").unlink()
+    with pytest.raises(DataError, match="no label CSV"):
+        _prepare(root, 64)
+    shutil.rmtree(root / "png_images")
+    (root / "png_images").mkdir()
+    with pytest.raises(DataError, match="png_images/"):  # the message lists the PNG option
+        _prepare(root, 64)
+
+
+def test_png_reexport_through_the_cli(png_pair, tmp_path):
+    import json
+
+    import pandas as pd
+
+    from bench.cli import main
+
+    out = tmp_path / "runs"
+    assert main(["run", "--task", "siim", "--init", "random", "--protocol", "frozen",
+                 "--fraction", "1.0", "--data-root", str(png_pair[1]), "--out", str(out),
+                 "--arch", "resnet18", "--image-size", "64", "--epochs", "1", "--batch-size", "4",
+                 "--save-predictions", "--quiet"]) == 0  # fmt: skip
+    (rec,) = [json.loads(p.read_text()) for p in out.glob("*.json")]
+    assert rec["status"] == "complete" and rec["split"]["counts"]["test"] >= 1
+    sub = pd.read_csv(out / f"{rec['run_id']}.test-predictions.csv", keep_default_na=False)
+    for rle in sub.iloc[:, 1]:  # Kaggle RLE in the 1024x1024 frame of the originals
+        assert siim.rle_decode(rle, 1024, 1024).shape == (1024, 1024)
+    assert main(["evaluate", "--task", "siim", "--data-root", str(png_pair[1]), "--predictions",
+                 str(out / f"{rec['run_id']}.test-predictions.csv")]) == 0  # fmt: skip
