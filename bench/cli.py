@@ -66,6 +66,11 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="evaluate an init on a task whose images it was pretrained on (flagged everywhere)")
     g.add_argument("--trust-checkpoint", action="store_true",
                    help="unpickle a checkpoint that torch.load(weights_only=True) refuses; only for files you trust")
+    g.add_argument("--mean", type=float, nargs="+", metavar="M",
+                   help="input normalization mean in [0, 1] units (one value, or one per channel); "
+                        "overrides the init's own (a checkpoint path defaults to ImageNet's)")
+    g.add_argument("--std", type=float, nargs="+", metavar="S",
+                   help="input normalization std, with --mean (e.g. GLoRIA-style: --mean 0.5 --std 0.5)")
 
     g = p.add_argument_group("data")
     g.add_argument("--split-file", help="external split: CSV with id and split columns, or a folder "
@@ -103,6 +108,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         allow_partial=args.allow_partial,
         allow_leakage=args.allow_leakage,
         trust_checkpoint=args.trust_checkpoint,
+        mean=args.mean,
+        std=args.std,
         split_file=args.split_file,
         rle_format=args.rle_format,
         strict=args.strict,

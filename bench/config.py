@@ -53,6 +53,8 @@ class RunConfig:
     allow_partial: bool = False
     allow_leakage: bool = False
     trust_checkpoint: bool = False
+    mean: list[float] | None = None  # input normalization override (else the init's own)
+    std: list[float] | None = None
     # data
     split_file: str | None = None
     rle_format: str | None = None
@@ -75,6 +77,10 @@ class RunConfig:
             raise ValueError(f"--image-size must be a multiple of 32 (U-Net/FPN strides), got {self.image_size}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("--epochs and --batch-size must be >= 1")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("--mean and --std go together (one value, or one per input channel)")
+        if self.std is not None and not all(float(v) > 0 for v in self.std):
+            raise ValueError(f"--std values must be > 0, got {list(self.std)}")
 
     @property
     def resolved_lr(self) -> float:
@@ -117,6 +123,8 @@ class RunConfig:
         ).split()
         ident = {k: getattr(self, k) for k in keys}
         ident["lr"] = self.resolved_lr
+        if self.mean is not None:  # only when given, so older run ids stay valid
+            ident["mean"], ident["std"] = list(self.mean), list(self.std)
         if self.task == "rsna" and self.protocol != "linear":
             ident["detector"] = self.detector
         ident.update({f"extra.{k}": v for k, v in sorted(self.extra.items())})

@@ -71,6 +71,8 @@ def load_weights(cfg: RunConfig):
         prefix=cfg.prefix,
         allow_partial=cfg.allow_partial,
         trust_checkpoint=cfg.trust_checkpoint,
+        mean=cfg.mean,
+        std=cfg.std,
     )
     leakage = wr.check_leakage(info, cfg.task)
     info["leakage"] = leakage

@@ -82,7 +82,7 @@ from bench.records import read_record, record_path, write_json_atomic
 
 TOP_KEYS = ("name", "out", "grid", "settings", "per_task", "inits", "lr_search", "executor")
 INIT_KEYS = tuple(
-    "init checkpoint prefix init_name allow_partial allow_leakage trust_checkpoint".split()
+    "init checkpoint prefix init_name allow_partial allow_leakage trust_checkpoint mean std".split()
 )
 LR_SEARCH_KEYS = ("candidates", "seed", "out")
 _FIELDS = {f.name for f in dataclasses.fields(RunConfig)}

@@ -191,3 +191,21 @@ def test_weights_cli(capsys):
         assert name in listing
     assert main(["weights", "show", "moco"]) == 0
     assert "r5w-00001.pth.tar" in capsys.readouterr().out
+
+
+def test_mean_std_flags_reach_the_record(siim_root, tmp_path, capsys):
+    out = tmp_path / "runs"
+    base = ["run", "--task", "siim", "--init", "random", "--protocol", "linear", "--epochs", "1",
+            "--data-root", str(siim_root), "--out", str(out), *RUN[:4], "--quiet"]  # fmt: skip
+    assert main([*base, "--mean", "0.5", "--std", "0.25"]) == 0
+    (rec,) = _records(out)
+    assert rec["weights"]["mean"] == [0.5] * 3 and rec["weights"]["std"] == [0.25] * 3
+    assert rec["weights"]["normalization"].startswith("given")
+    assert rec["config"]["mean"] == [0.5]
+    # the normalization is part of the run's identity; without it the id is the old one
+    assert main(base) == 0
+    assert len(_records(out)) == 2
+    assert main([*base, "--mean", "0.5"]) == 2
+    assert "--mean and --std go together" in capsys.readouterr().err
+    assert main([*base, "--mean", "0.5", "0.5", "--std", "0.2", "0.2"]) == 2
+    assert "--mean has 2 values but the encoder takes 3" in capsys.readouterr().err

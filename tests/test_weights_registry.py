@@ -388,3 +388,17 @@ def test_check_leakage_accepts_entries_and_names():
     )
     assert not wr.check_leakage("imagenet", "siim")
     assert not wr.check_leakage({"seen_tasks": []}, "rsna")
+
+
+def test_mean_std_override(tmp_path, r18):
+    path = tmp_path / "gloria-like.pth"
+    torch.save(r18, path)
+    _, info = load_encoder(str(path), "resnet18", mean=[0.5], std=[0.5])
+    assert info["mean"] == [0.5] * 3 and info["std"] == [0.5] * 3
+    assert info["normalization"].startswith("given (--mean/--std; the init's own was: ImageNet")
+    _, info = load_encoder("random", "resnet18", mean=[0.1, 0.2, 0.3], std=[1, 2, 3])
+    assert info["mean"] == [0.1, 0.2, 0.3] and info["std"] == [1.0, 2.0, 3.0]
+    with pytest.raises(wr.WeightsError, match="--mean has 2 values but the encoder takes 3"):
+        load_encoder(str(path), "resnet18", mean=[0.5, 0.5], std=[0.5])
+    with pytest.raises(wr.WeightsError, match="--std values must be > 0"):
+        load_encoder(str(path), "resnet18", mean=[0.5], std=[0.0])

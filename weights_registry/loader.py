@@ -323,6 +323,8 @@ def load_encoder(
     allow_partial: bool = False,
     trust_checkpoint: bool = False,
     offline: bool | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
 ) -> tuple[ResNet, dict[str, Any]]:
     """Build a torchvision ResNet (fc = Identity) with ``init``'s weights, checked strictly.
 
@@ -331,7 +333,9 @@ def load_encoder(
     entry's download. ``prefix`` strips exactly that prefix instead of the format's adapter.
     Every encoder tensor must be loaded with the right shape, else
     ``CheckpointMismatchError``; ``allow_partial=True`` loads what matches and says so.
-    Returns ``(model, info)``; info is meant for the run record.
+    ``mean``/``std`` (one value or one per input channel) replace the normalization the
+    catalogue or the checkpoint layout implies. Returns ``(model, info)``; info is meant
+    for the run record.
     """
     if arch not in ARCHS:
         raise WeightsError(f"unsupported arch {arch!r}; choose one of {', '.join(ARCHS)}")
@@ -339,7 +343,8 @@ def load_encoder(
     if entry is not None and not entry.has_weights:
         if checkpoint is not None or prefix is not None:
             raise WeightsError(f"{entry.name!r} loads no weights; it takes no checkpoint or prefix")
-        return build_resnet(arch, entry.in_channels), _random_info(entry, arch)
+        info = _random_info(entry, arch)
+        return build_resnet(arch, entry.in_channels), _override_normalization(info, mean, std)
     if entry is not None:
         init_name, fmt, in_channels = entry.name, entry.format, entry.in_channels
         path, sha, verified, source = _locate(entry, arch, checkpoint, offline)
@@ -364,9 +369,10 @@ def load_encoder(
         in_channels = int(conv1.shape[1]) if conv1 is not None and conv1.ndim == 4 else 3
     _set_in_channels(model, in_channels)
     if entry is not None:
-        mean, std, norm = list(entry.mean), list(entry.std), f"catalogue entry {entry.name!r}"
+        init_mean, init_std = list(entry.mean), list(entry.std)
+        norm = f"catalogue entry {entry.name!r}"
     else:
-        mean, std, norm = _family_normalization(fmt, in_channels)
+        init_mean, init_std, norm = _family_normalization(fmt, in_channels)
 
     m = _match(model, adapted.state_dict)
     n_loaded = sum(1 for k in m["loadable"] if k in expected)
@@ -401,11 +407,35 @@ def load_encoder(
         "ignored": adapted.ignored,
         "partial": partial,
         "in_channels": in_channels,
-        "mean": mean,
-        "std": std,
+        "mean": init_mean,
+        "std": init_std,
         "normalization": norm,
     }
-    return model, {**info, **_provenance(entry)}
+    return model, _override_normalization({**info, **_provenance(entry)}, mean, std)
+
+
+def _override_normalization(info: dict, mean, std) -> dict:
+    """Apply a user's mean/std (broadcast from one value) after checking it fits the input."""
+    if mean is None and std is None:
+        return info
+    if mean is None or std is None:
+        raise WeightsError("mean and std go together (--mean and --std)")
+    channels = int(info.get("in_channels") or len(info["mean"]))
+    values = []
+    for name, v in (("mean", mean), ("std", std)):
+        v = [float(x) for x in v]
+        if len(v) == 1:
+            v = v * channels
+        if len(v) != channels:
+            raise WeightsError(
+                f"--{name} has {len(v)} values but the encoder takes {channels} input channel(s)"
+            )
+        values.append(v)
+    if not all(s > 0 for s in values[1]):
+        raise WeightsError(f"--std values must be > 0, got {values[1]}")
+    was = info.get("normalization")
+    return {**info, "mean": values[0], "std": values[1],
+            "normalization": f"given (--mean/--std; the init's own was: {was})"}  # fmt: skip
 
 
 def _provenance(entry: InitEntry | None) -> dict[str, Any]:
