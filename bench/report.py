@@ -653,15 +653,18 @@ def _lr_scores(d: pd.DataFrame) -> str:
 
 
 def _t_interval(values) -> tuple[float, float]:
+    """The 95% t-interval for the figure, clipped to [0, 1] where every metric lives
+    (with few seeds the interval can reach past the metric's range; tables keep it)."""
     s = summarize(values)
     if s["ci_low"] is None:
         return (math.nan, math.nan)
-    return (s["ci_low"], s["ci_high"])
+    return (max(s["ci_low"], 0.0), min(s["ci_high"], 1.0))
 
 
 def plot_label_efficiency(df: pd.DataFrame, task: str, path: str | Path) -> Path | None:
     """PNG of the test primary metric against the label fraction (log x) for one task:
-    one panel per protocol, one line per init, error bars = Student-t 95% CI over seeds.
+    one panel per protocol, one line per init, error bars = Student-t 95% CI over seeds
+    clipped to the metrics' range [0, 1].
     Drawn on an Agg canvas (no pyplot state). Returns None if there is nothing to plot."""
     import seaborn as sns
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -708,7 +711,7 @@ def plot_label_efficiency(df: pd.DataFrame, task: str, path: str | Path) -> Path
     handles = [Line2D([], [], color=palette[i], marker=markers[i], label=i) for i in inits]
     fig.legend(handles=handles, title="init", loc="outside right center")
     synth = " — SYNTHETIC DATA" if d["synthetic"].any() else ""
-    fig.suptitle(f"{task}: label efficiency (mean and 95% CI over seeds){synth}")
+    fig.suptitle(f"{task}: label efficiency (mean and 95% CI over seeds, clipped to [0, 1]){synth}")
     path = Path(path)
     fig.savefig(path, dpi=110)
     return path

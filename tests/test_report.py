@@ -448,3 +448,16 @@ def test_mixed_primary_metrics_and_empty_dir(tmp_path):
     assert (
         "No run records found." in write_report(tmp_path / "empty", tmp_path / "e.md").read_text()
     )
+
+
+def test_figure_interval_is_clipped_to_the_metric_range():
+    from bench.report import _t_interval
+    from bench.stats import summarize
+
+    wide = [0.05, 0.95]  # n=2: the t-interval reaches far outside [0, 1]
+    s = summarize(wide)
+    assert s["ci_low"] < 0 and s["ci_high"] > 1
+    assert _t_interval(wide) == (0.0, 1.0)
+    narrow = [0.5, 0.52, 0.54]
+    s = summarize(narrow)
+    assert _t_interval(narrow) == pytest.approx((s["ci_low"], s["ci_high"]))
