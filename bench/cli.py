@@ -1,4 +1,4 @@
-"""The `bench` command line: run, synth, evaluate, report, compare, weights, demo.
+"""The `bench` command line: run, synth, evaluate, report, sweep, status, compare, weights, demo.
 
 Each sub-command is a thin layer over a library function; argument parsing and the
 translation of known errors into one clear line (exit code 2 for bad input, 1 for a
