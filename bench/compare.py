@@ -47,7 +47,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.records import write_json_atomic
+from bench.records import get_field, write_json_atomic
 from bench.report import GROUP, aggregate, read_records, records_to_frame
 
 BASELINE_FORMAT = "cxrbench-baseline"
@@ -70,15 +70,6 @@ _EPS = 1e-12  # float noise allowed on top of the margin
 
 
 # ---------------------------------------------------------------- cells
-
-
-def _get(rec: dict, dotted: str):
-    cur = rec
-    for part in dotted.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return None
-        cur = cur[part]
-    return cur
 
 
 def _finite(v) -> float | None:
@@ -135,7 +126,7 @@ def config_name(records: list[dict], runs_dir: str | Path) -> str:
     names = set()
     for rec in records:
         for field in ("sweep.name", "sweep.config", "config_name"):
-            v = _get(rec, field)
+            v = get_field(rec, field)
             if isinstance(v, str) and v:
                 names.add(v)
                 break
@@ -145,7 +136,7 @@ def config_name(records: list[dict], runs_dir: str | Path) -> str:
 def _settings(records: list[dict]) -> dict[str, list]:
     out = {}
     for field in SETTING_FIELDS:
-        vals = {json.dumps(_get(r, field)) for r in records if _get(r, field) is not None}
+        vals = {json.dumps(get_field(r, field)) for r in records if get_field(r, field) is not None}
         if vals:
             out[field] = [json.loads(v) for v in sorted(vals)]
     return out
@@ -165,7 +156,7 @@ def build_baseline(runs_dir: str | Path, config: str | None = None) -> dict:
             f"no complete run with a test primary metric under {runs_dir}: "
             "refusing to write an empty baseline"
         )
-    commits = sorted({str(c) for r in done if (c := _get(r, "env.git_commit"))})
+    commits = sorted({str(c) for r in done if (c := get_field(r, "env.git_commit"))})
     metrics = sorted({c["metric"] for c in cells.values()})
     return {
         "format": BASELINE_FORMAT,

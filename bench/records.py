@@ -113,3 +113,13 @@ def env_info(device: str) -> dict:
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
         info["cuda"] = torch.version.cuda
     return info
+
+
+def get_field(rec: dict, dotted: str, default=None):
+    """``rec["a"]["b"]`` for ``"a.b"``; ``default`` when any level is missing."""
+    cur = rec
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return default
+        cur = cur[part]
+    return cur

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.records import get_field
 from bench.stats import summarize
 
 PROTOCOL_ORDER = ("linear", "frozen", "finetune")
@@ -53,15 +54,6 @@ GROUP = ["task", "init", "protocol", "fraction", "metric"]
 
 
 # ---------------------------------------------------------------- reading records
-
-
-def _get(rec: dict, dotted: str, default=None):
-    cur = rec
-    for part in dotted.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return default
-        cur = cur[part]
-    return cur
 
 
 def read_records(runs_dir: str | Path) -> tuple[list[dict], list[tuple[str, str]]]:
@@ -108,7 +100,7 @@ def _is_nan(v) -> bool:
 def _primary(rec: dict) -> str:
     if rec.get("primary_metric"):
         return str(rec["primary_metric"])
-    test = _get(rec, "metrics.test", {}) or {}
+    test = get_field(rec, "metrics.test", {}) or {}
     return "map" if "map" in test and "dice" not in test else "dice"
 
 
@@ -142,8 +134,8 @@ def _lr_selection(rec: dict) -> dict | None:
 
 def _row(rec: dict) -> dict:
     primary = _primary(rec)
-    test = _get(rec, "metrics.test", {}) or {}
-    val = _get(rec, "metrics.val", {}) or {}
+    test = get_field(rec, "metrics.test", {}) or {}
+    val = get_field(rec, "metrics.val", {}) or {}
     error = rec.get("error")
     row = {k: rec.get(k) for k in KEYS}
     row.update(
@@ -154,16 +146,16 @@ def _row(rec: dict) -> dict:
         primary_metric=primary,
         test_primary=_num(test.get(primary)),
         val_primary=_num(val.get(primary)),
-        lr=_num(_get(rec, "hparams.lr")),
-        epochs=_get(rec, "hparams.epochs"),
-        batch_size=_get(rec, "hparams.batch_size"),
+        lr=_num(get_field(rec, "hparams.lr")),
+        epochs=get_field(rec, "hparams.epochs"),
+        batch_size=get_field(rec, "hparams.batch_size"),
         best_epoch=rec.get("best_epoch"),
         epochs_run=len(rec["history"]) if isinstance(rec.get("history"), list) else None,
         lr_selection=_lr_selection(rec),
-        wall_s=_num(_get(rec, "timing.wall_s")),
-        synthetic=bool(_get(rec, "data.synthetic", False)),
-        partial=bool(_get(rec, "weights.partial", False)),
-        leakage=bool(_get(rec, "weights.leakage", False)),
+        wall_s=_num(get_field(rec, "timing.wall_s")),
+        synthetic=bool(get_field(rec, "data.synthetic", False)),
+        partial=bool(get_field(rec, "weights.partial", False)),
+        leakage=bool(get_field(rec, "weights.leakage", False)),
         error=None if error is None else str(error),
         path=rec.get("_path"),
     )
