@@ -3,7 +3,7 @@
 Owns: finding and validating the dataset layout (design section 4), reading and
 checking the box label CSV (and the optional detailed class info), clipping boxes that
 stick out of their image (always reported, never silent), `prepare` (dataset -> cached
-fixed-size images, xyxy boxes and box masks via `tasks.common.build_cache`),
+fixed-size images, xyxy boxes and box masks via `tasks.cache.build_cache`),
 header-only ground truth for `bench evaluate`, and the synthetic generator that writes
 the same layout (`synth`).
 
@@ -18,7 +18,7 @@ Layout::
 
 Boxes: the CSV has (x, y, width, height) in the DICOM's pixels. Everything downstream
 uses xyxy: `load_ground_truth` in original pixels, `Prepared.boxes` in the image_size
-frame (`common.scale_boxes`). `Prepared.masks` are the filled boxes at image_size
+frame (`cache.scale_boxes`). `Prepared.masks` are the filled boxes at image_size
 (`boxes_to_mask`), the target of the `linear` protocol (design section 5).
 """
 
@@ -35,8 +35,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from tasks import common, siim
-from tasks.common import DataError, Prepared
+from bench.util import sha256_file
+from tasks import cache, errors, imageio, registry, siim, splits, synthetic
+from tasks.cache import Prepared
+from tasks.errors import DataError
 
 TASK = "rsna"
 IMAGE_DIR = "stage_2_train_images"
@@ -258,7 +260,7 @@ def _scan(root, strict: bool) -> dict:
         classes = read_class_info(layout["class_csv"])
         _check_classes(labels, classes, layout["label_csv"], layout["class_csv"])
     row_counts = count_label_rows(layout["label_csv"])
-    matched, without_dicom, without_labels = common.match_labels_to_dicoms(
+    matched, without_dicom, without_labels = cache.match_labels_to_dicoms(
         labels, dicoms, label_csv=layout["label_csv"], id_name="patientId",
         where_missing=f"{IMAGE_DIR}/<patientId>.dcm under {layout['root']}",
         dicom_dir=layout["dicom_dir"], expected_layout=EXPECTED_LAYOUT, strict=strict,
@@ -378,13 +380,11 @@ def prepare(
     root,
     image_size: int,
     *,
-    rle_format: str | None = None,
     strict: bool = False,
     progress: bool = True,
 ) -> Prepared:
     """Dataset at root -> cached uint8 images, xyxy boxes and box masks at image_size.
 
-    rle_format is accepted (and ignored) so callers can treat every task alike.
     Boxes are clipped to their DICOM's Rows x Columns (reported: warning + manifest
     'boxes_clipped' / 'boxes_dropped'), then scaled with the image into the
     image_size pixel frame (`Prepared.boxes`, float32 (M, 4) xyxy, (0, 4) for
@@ -393,21 +393,20 @@ def prepare(
     DICOM files, image_size). strict=True turns skipped corrupt DICOMs and label ids
     without DICOM into errors; label errors are errors in any mode.
     """
-    del rle_format  # SIIM-only option
     scan = _scan(root, strict)
     root = scan["root"].resolve()
     label_csv = scan["label_csv"].resolve()
     class_csv = scan["class_csv"].resolve() if scan["class_csv"] is not None else None
     material = {
         "label_file": label_csv.name,
-        "label_sha256": common.sha256_file(label_csv),
+        "label_sha256": sha256_file(label_csv),
         "class_file": class_csv.name if class_csv else None,
-        "class_sha256": common.sha256_file(class_csv) if class_csv else None,
+        "class_sha256": sha256_file(class_csv) if class_csv else None,
         "boxes": "xyxy-clip-scale-v1",
     }
-    key = common.cache_key(TASK, image_size, material, scan["dicoms"].values(), root)
-    cache_dir = common.cache_dir_for(TASK, key)
-    prepared = common.load_prepared(cache_dir)
+    key = cache.cache_key(TASK, image_size, material, scan["dicoms"].values(), root)
+    cache_dir = cache.cache_dir_for(TASK, key)
+    prepared = cache.load_prepared(cache_dir)
     if prepared is None:
         classes = scan["classes"]
         items = [
@@ -439,11 +438,11 @@ def prepare(
             },
             "label_ids_without_dicom": scan["without_dicom"],
             "dicoms_without_labels": [
-                common.relative_path(scan["dicoms"][i], root) for i in scan["without_labels"]
+                cache.relative_path(scan["dicoms"][i], root) for i in scan["without_labels"]
             ],
         }
         load = functools.partial(_load_item, image_size=int(image_size))
-        prepared = common.build_cache(
+        prepared = cache.build_cache(
             cache_dir,
             task=TASK,
             root=root,
@@ -461,15 +460,15 @@ def prepare(
     _warn_boxes(
         m["boxes_clipped"], m["boxes_dropped"], label_csv, prepared.cache_dir / "manifest.json"
     )
-    common.check_strict(prepared, strict)
+    cache.check_strict(prepared, strict)
     return prepared
 
 
 def _load_item(item: dict, *, image_size: int) -> dict:
-    image, header = common.read_dicom_with_header(item["path"])
+    image, header = imageio.read_dicom_with_header(item["path"])
     height, width = image.shape
     boxes, clipped, dropped = clip_boxes(item["id"], item["rows"], height, width)
-    scaled = common.scale_boxes(boxes, (height, width), image_size)
+    scaled = cache.scale_boxes(boxes, (height, width), image_size)
     return {
         "image": image,
         "mask": boxes_to_mask(scaled, image_size, image_size),
@@ -513,7 +512,7 @@ def _finalize(manifest: dict, *, has_classes: bool) -> None:
 # --------------------------------------------------------------------------- evaluation helpers
 
 
-def load_ground_truth(root, rle_format: str | None = None, *, progress: bool = False) -> dict:
+def load_ground_truth(root, *, progress: bool = False) -> dict:
     """Ground truth at original resolution from the label CSV + DICOM headers only.
 
     Returns {patientId: {"boxes": float64 (M, 4) xyxy in original pixels (clipped to
@@ -521,17 +520,16 @@ def load_ground_truth(root, rle_format: str | None = None, *, progress: bool = F
     "width", "patient_id", "path", "class"}} for every labelled DICOM whose header is
     readable. Uses the same ids and patient ids as `prepare`, so `ground_truth_splits`
     reproduces the training split; a file with a readable header but corrupt pixel data
-    is kept here while `prepare` skips it. rle_format is accepted and ignored.
+    is kept here while `prepare` skips it.
     """
-    del rle_format
     scan = _scan(root, strict=False)
     classes = scan["classes"] or {}
     out, all_clipped, all_dropped = {}, [], []
     for pid in tqdm(scan["matched"], desc="read headers", disable=not progress):
         path = scan["dicoms"][pid]
         try:
-            header = common.read_dicom_header(path)
-        except common.DicomReadError as e:
+            header = imageio.read_dicom_header(path)
+        except errors.DicomReadError as e:
             warnings.warn(f"skipping unreadable DICOM header: {e}", stacklevel=2)
             continue
         rows = scan["labels"][pid]
@@ -552,7 +550,7 @@ def load_ground_truth(root, rle_format: str | None = None, *, progress: bool = F
     return out
 
 
-ground_truth_splits = common.ground_truth_splits
+ground_truth_splits = splits.ground_truth_splits
 
 
 # --------------------------------------------------------------------------- synthetic data
@@ -681,7 +679,7 @@ def synth(out, n: int = 200, seed: int = 0, size: int = 1024, progress: bool = T
     """
     out = Path(out)
     (out / IMAGE_DIR).mkdir(parents=True, exist_ok=True)
-    common.write_synthetic_marker(out, _MARKER_TEXT.format(seed=seed, n=n, size=size))
+    synthetic.write_synthetic_marker(out, _MARKER_TEXT.format(seed=seed, n=n, size=size))
     label_lines = [",".join(LABEL_COLUMNS)]
     class_lines = [",".join(CLASS_COLUMNS)]
     storage: dict[str, int] = {}
@@ -690,7 +688,7 @@ def synth(out, n: int = 200, seed: int = 0, size: int = 1024, progress: bool = T
     records = synth_records(n, seed, size)
     for rec in tqdm(records, total=n, desc="synth rsna", unit="img", disable=not progress):
         pid, kind = rec["patient_id"], rec["storage"]
-        common.write_dicom(
+        imageio.write_dicom(
             out / IMAGE_DIR / f"{pid}.dcm",
             rec["image"],
             patient_id=pid,
@@ -727,3 +725,73 @@ def synth(out, n: int = 200, seed: int = 0, size: int = 1024, progress: bool = T
         "label_file": LABELS_CSV,
         "class_file": CLASS_CSV,
     }
+
+
+# --------------------------------------------------------------------------- the task spec
+
+
+def parse_prediction_string(text: str, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Kaggle RSNA "conf x y w h conf x y w h ..." -> (boxes xyxy (K,4), scores (K,))."""
+    values = text.split()
+    if len(values) % 5:
+        raise DataError(f"{where}: PredictionString has {len(values)} numbers, expected groups of 5 "
+                        "(conf x y w h)")
+    try:
+        arr = np.asarray([float(v) for v in values], dtype=np.float64).reshape(-1, 5)
+    except ValueError:
+        raise DataError(f"{where}: PredictionString has a non-numeric value: {text[:80]!r}") from None
+    if not np.isfinite(arr).all():
+        raise DataError(f"{where}: PredictionString has NaN or infinite values")
+    conf, x, y, w, h = arr.T
+    if ((conf < 0) | (conf > 1)).any():
+        raise DataError(f"{where}: confidence outside [0, 1]: {conf[(conf < 0) | (conf > 1)][:5].tolist()}")
+    if ((w <= 0) | (h <= 0)).any():
+        raise DataError(f"{where}: box with non-positive width or height")
+    return np.stack([x, y, x + w, y + h], axis=1), conf
+
+
+def _check_submission(text: str, where: str) -> None:
+    parse_prediction_string(text, where)
+
+
+def _parse_submission(rows, entry: dict, where: str) -> dict:
+    """The one PredictionString row of a patientId -> boxes (xyxy) and scores."""
+    if len(rows) > 1:
+        raise DataError(
+            f"{where}, line {rows[1][0]}: patientId listed twice (put all boxes in one PredictionString)"
+        )
+    boxes, scores = parse_prediction_string(rows[0][1], f"{where}, line {rows[0][0]}")
+    return {"boxes": boxes, "scores": scores}
+
+
+def _format_submission(pred: dict) -> str:
+    """Boxes xyxy + scores in original pixels -> "conf x y w h conf x y w h ..."."""
+    parts = []
+    for (x1, y1, x2, y2), score in zip(np.asarray(pred["boxes"]).tolist(), np.asarray(pred["scores"]).tolist()):
+        parts.append(f"{score:.4f} {x1:.1f} {y1:.1f} {x2 - x1:.1f} {y2 - y1:.1f}")
+    return " ".join(parts)
+
+
+SPEC = registry.register(
+    registry.TaskSpec(
+        name=TASK,
+        title="RSNA pneumonia detection",
+        # linear = linear segmentation of the box masks, as LoVT does (design section 5)
+        outputs={"linear": "mask", "frozen": "boxes", "finetune": "boxes"},
+        metrics={"mask": ("dice", "dice_pooled", "dice_pos"),
+                 "boxes": ("map", "map50", "map75", "rsna_score")},
+        prepare=prepare,
+        synth=synth,
+        load_ground_truth=load_ground_truth,
+        target=lambda entry: {"boxes": entry["boxes"]},
+        submission=registry.SubmissionFormat(
+            id_column="patientId",
+            value_column="PredictionString",
+            check=_check_submission,
+            parse=_parse_submission,
+            format=_format_submission,
+        ),
+        submission_kind="boxes",
+        layout=EXPECTED_LAYOUT,
+    )
+)

@@ -3,7 +3,7 @@
 Owns: `rle_decode` / `rle_encode` / `is_negative` (the one negative-mask check,
 design section 8.2), finding and validating the dataset layout (design section 4),
 reading the label CSV, `prepare` (dataset -> cached fixed-size arrays via
-`tasks.common.build_cache`), header-only ground truth for `bench evaluate`, and the
+`tasks.cache.build_cache`), header-only ground truth for `bench evaluate`, and the
 synthetic generator that writes the same layout (`synth`, `synth_pretrain`).
 
 Layout (stage 1, what GLoRIA / MGCA / LoVT read)::
@@ -34,8 +34,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from tasks import common
-from tasks.common import DataError, Prepared
+from bench.util import sha256_file
+from tasks import cache, errors, imageio, registry, splits, synthetic
+from tasks.cache import Prepared
+from tasks.errors import DataError
 
 TASK = "siim"
 DICOM_DIR = "dicom-images-train"
@@ -249,7 +251,7 @@ def _scan(root, rle_format: str | None, strict: bool) -> dict:
     suffix = ".png" if png else ".dcm"
     dicoms = find_dicoms(layout["dicom_dir"], suffix)
     labels = read_labels(layout["label_csv"], layout["rle_format"])
-    matched, without_dicom, without_labels = common.match_labels_to_dicoms(
+    matched, without_dicom, without_labels = cache.match_labels_to_dicoms(
         labels, dicoms, label_csv=layout["label_csv"], id_name="ImageId",
         where_missing=f"under {layout['dicom_dir']}", dicom_dir=layout["dicom_dir"],
         expected_layout=EXPECTED_LAYOUT, strict=strict, kind="PNG" if png else "DICOM",
@@ -279,7 +281,7 @@ def prepare(
     """Dataset at root -> cached uint8 images and {0,1} masks at image_size x image_size.
 
     Masks are decoded at each DICOM's own Rows x Columns, then resized (area >= 0.5).
-    The cache is reused when nothing it depends on changed (see `common.cache_key`).
+    The cache is reused when nothing it depends on changed (see `cache.cache_key`).
     strict=True turns skipped corrupt DICOMs and label ids without DICOM into errors.
     """
     scan = _scan(root, rle_format, strict)
@@ -287,13 +289,13 @@ def prepare(
     label_csv = scan["label_csv"].resolve()
     material = {
         "label_file": label_csv.name,
-        "label_sha256": common.sha256_file(label_csv),
+        "label_sha256": sha256_file(label_csv),
         "rle_format": scan["rle_format"],
         "image_format": scan["image_format"],
     }
-    key = common.cache_key(TASK, image_size, material, scan["dicoms"].values(), root)
-    cache_dir = common.cache_dir_for(TASK, key)
-    prepared = common.load_prepared(cache_dir)
+    key = cache.cache_key(TASK, image_size, material, scan["dicoms"].values(), root)
+    cache_dir = cache.cache_dir_for(TASK, key)
+    prepared = cache.load_prepared(cache_dir)
     if prepared is None:
         items = [
             {"id": i, "path": scan["dicoms"][i], "rows": scan["labels"][i]} for i in scan["matched"]
@@ -315,11 +317,11 @@ def prepare(
             },
             "label_ids_without_dicom": scan["without_dicom"],
             "dicoms_without_labels": [
-                common.relative_path(scan["dicoms"][i], root) for i in scan["without_labels"]
+                cache.relative_path(scan["dicoms"][i], root) for i in scan["without_labels"]
             ],
         }
         load = functools.partial(_load_item, label_csv=label_csv, fmt=scan["rle_format"])
-        prepared = common.build_cache(
+        prepared = cache.build_cache(
             cache_dir,
             task=TASK,
             root=root,
@@ -331,17 +333,17 @@ def prepare(
             strict=strict,
             progress=progress,
         )
-    common.check_strict(prepared, strict)
+    cache.check_strict(prepared, strict)
     return prepared
 
 
 def _load_item(item: dict, *, label_csv: Path, fmt: str) -> dict:
     if Path(item["path"]).suffix.lower() == ".png":
-        image = common.read_png(item["path"])
+        image = imageio.read_png(item["path"])
         header = {"patient_id": None, "photometric": "png", "transfer_syntax": None}
         height = width = PNG_RLE_SIZE  # the RLE's frame: the 1024x1024 originals
     else:
-        image, header = common.read_dicom_with_header(item["path"])
+        image, header = imageio.read_dicom_with_header(item["path"])
         height, width = image.shape
     mask = np.zeros((height, width), np.uint8)
     for line, rle in item["rows"]:
@@ -384,8 +386,8 @@ def load_ground_truth(root, rle_format: str | None = None, *, progress: bool = F
             header = {"rows": PNG_RLE_SIZE, "columns": PNG_RLE_SIZE, "patient_id": None}
         else:
             try:
-                header = common.read_dicom_header(path)
-            except common.DicomReadError as e:
+                header = imageio.read_dicom_header(path)
+            except errors.DicomReadError as e:
                 warnings.warn(f"skipping unreadable DICOM header: {e}", stacklevel=2)
                 continue
         rows = scan["labels"][image_id]
@@ -406,7 +408,7 @@ def ground_truth_mask(entry: dict) -> np.ndarray:
     return decode_rows(entry["rles"], entry["height"], entry["width"], entry["rle_format"])
 
 
-ground_truth_splits = common.ground_truth_splits
+ground_truth_splits = splits.ground_truth_splits
 
 
 # --------------------------------------------------------------------------- synthetic data
@@ -497,7 +499,7 @@ def _fit_storage(image: np.ndarray, kind: str) -> np.ndarray:
 
 
 def _storage_kwargs(kind: str) -> dict:
-    """`common.write_dicom` keyword arguments for a storage kind."""
+    """`imageio.write_dicom` keyword arguments for a storage kind."""
     return {
         "compression": {"rle": "rle", "jpeg": "jpeg"}.get(kind),
         "monochrome1": kind == "mono1",
@@ -617,7 +619,7 @@ def _write_set(out, n, seed, size, namespace, progress, labels_csv: bool) -> dic
     out = Path(out)
     (out / DICOM_DIR).mkdir(parents=True, exist_ok=True)
     how = "bench synth --task siim" if namespace == "siim" else "tasks.siim.synth_pretrain"
-    common.write_synthetic_marker(
+    synthetic.write_synthetic_marker(
         out, _MARKER_TEXT.format(how=how, seed=seed, n=n, size=size, namespace=namespace)
     )
     csv_lines, label_lines = ["ImageId, EncodedPixels"], ["ImageId,Pneumothorax"]
@@ -627,7 +629,7 @@ def _write_set(out, n, seed, size, namespace, progress, labels_csv: bool) -> dic
     records = synth_records(n, seed, size, namespace)
     for rec in tqdm(records, total=n, desc="synth siim", unit="img", disable=not progress):
         kind = rec["storage"]
-        common.write_dicom(
+        imageio.write_dicom(
             out / DICOM_DIR / rec["study_uid"] / rec["series_uid"] / f"{rec['image_id']}.dcm",
             rec["image"],
             patient_id=rec["patient_id"],
@@ -662,3 +664,62 @@ def _write_set(out, n, seed, size, namespace, progress, labels_csv: bool) -> dic
         "label_file": STAGE1_CSV,
         "rle_format": "relative",
     }
+
+
+# --------------------------------------------------------------------------- the task spec
+
+
+def _check_submission_rle(value: str, where: str, rle_format: str | None = None) -> None:
+    if not is_negative(value):
+        try:
+            _runs(value, rle_format or "relative")
+        except ValueError as e:
+            raise DataError(f"{where}: {e}") from None
+
+
+def _parse_submission(rows, entry: dict, where: str, rle_format: str | None = None) -> np.ndarray:
+    """All rows of one ImageId OR-ed into a bool mask at the image's original size."""
+    fmt = entry.get("rle_format") or rle_format or "relative"
+    mask = np.zeros((entry["height"], entry["width"]), dtype=bool)
+    for line, rle in rows:
+        try:
+            mask |= rle_decode(rle, entry["height"], entry["width"], fmt).astype(bool)
+        except ValueError as e:
+            raise DataError(f"{where}, line {line}: {e}") from None
+    return mask
+
+
+def _format_submission(mask: np.ndarray, rle_format: str | None = None) -> str:
+    return rle_encode(np.asarray(mask).astype(np.uint8), rle_format or "relative")
+
+
+SPEC = registry.register(
+    registry.TaskSpec(
+        name=TASK,
+        title="SIIM-ACR pneumothorax segmentation",
+        outputs={"linear": "mask", "frozen": "mask", "finetune": "mask"},
+        metrics={"mask": ("dice", "dice_pooled", "dice_pos")},
+        prepare=prepare,
+        synth=synth,
+        load_ground_truth=load_ground_truth,
+        target=lambda entry: ground_truth_mask(entry).astype(bool),
+        submission=registry.SubmissionFormat(
+            id_column="ImageId",
+            value_column="EncodedPixels",
+            check=_check_submission_rle,
+            parse=_parse_submission,
+            format=_format_submission,
+        ),
+        submission_kind="mask",
+        options=(
+            registry.TaskOption(
+                name="rle_format",
+                flag="--rle-format",
+                choices=RLE_FORMATS,
+                help="SIIM RLE convention of the labels (and of a submission): relative (stage 1 "
+                "train-rle.csv, default) or absolute (some stage_2_train.csv copies)",
+            ),
+        ),
+        layout=EXPECTED_LAYOUT,
+    )
+)

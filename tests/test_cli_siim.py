@@ -166,7 +166,7 @@ def test_leakage_allowed_is_flagged(siim_root, tmp_path):
 
 
 def test_nan_loss_writes_status(siim_root, tmp_path, monkeypatch, capsys):
-    import bench.segmentation as seg
+    import bench.models.segmentation as seg
 
     real = seg.make_loss_step
 

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from bench.cli import main
-from bench.compare import BASELINE_FORMAT, build_baseline, compare, load_baseline
+from bench.experiments.compare import BASELINE_FORMAT, build_baseline, compare, load_baseline
 
 T975_N3 = 4.302653  # scipy.stats.t.ppf(0.975, 2)
 OFFSETS = (-0.01, 0.0, 0.01)  # per-seed spread: CI half-width = T975_N3 * 0.01 / sqrt(3)

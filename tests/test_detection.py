@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from bench.detection import (
+from bench.models.detection import (
     DETECTORS,
     anchor_generator,
     build_detector,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.detmetrics import (
+from bench.metrics.detection import (
     IOU_THRESHOLDS,
     DetMetrics,
     box_iou,

@@ -7,8 +7,8 @@ import pytest
 import torch
 from monai.metrics import DiceMetric
 
-from bench.metrics import SegMetrics, dice_per_image
-from bench.stats import summarize
+from bench.metrics.segmentation import SegMetrics, dice_per_image
+from bench.metrics.stats import summarize
 
 
 def _masks(rows):

@@ -4,10 +4,10 @@ import pytest
 import torch
 import torchvision
 
-from bench.data import Normalize, SegmentationDataset, make_loader
-from bench.models import LoadMismatch, build_segmenter, load_into
-from bench.segmentation import make_loss_step
-from bench.train import fit
+from bench.engine.train import fit
+from bench.models.datasets import Normalize, SegmentationDataset, make_loader
+from bench.models.protocols import LoadMismatch, load_into
+from bench.models.segmentation import build_segmenter, make_loss_step
 
 
 def _encoder(channels=3):
@@ -94,7 +94,7 @@ def test_load_into_refuses_mismatch():
 
 
 def test_fit_early_stopping_restores_best_and_nan_stops():
-    from bench.train import NanLossError
+    from bench.engine.train import NanLossError
 
     model = build_segmenter(_encoder(1), "resnet18", "linear", in_channels=1)
     scores = iter([0.5, 0.7, 0.6, 0.6, 0.6, 0.6])

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from bench.cli import main
-from bench.report import (
+from bench.reporting.report import (
     aggregate,
     cell_marks,
     load_records,
@@ -172,7 +172,7 @@ def _grid_agg():
         for (i, p, f), vs in vals.items()
         for seed, v in enumerate(vs)
     ]
-    from bench.report import records_to_frame
+    from bench.reporting.report import records_to_frame
 
     return aggregate(records_to_frame(recs))
 
@@ -451,8 +451,8 @@ def test_mixed_primary_metrics_and_empty_dir(tmp_path):
 
 
 def test_figure_interval_is_clipped_to_the_metric_range():
-    from bench.report import _t_interval
-    from bench.stats import summarize
+    from bench.metrics.stats import summarize
+    from bench.reporting.report import _t_interval
 
     wide = [0.05, 0.95]  # n=2: the t-interval reaches far outside [0, 1]
     s = summarize(wide)

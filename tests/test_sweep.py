@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench import runner
 from bench.cli import main
-from bench.config import RunConfig
-from bench.records import read_record, record_path, write_json_atomic
-from bench.sweep import (
+from bench.engine import runner
+from bench.engine.config import RunConfig
+from bench.engine.records import read_record, record_path, write_json_atomic
+from bench.experiments.sweep import (
     SweepError,
     load_sweep,
     lock_holder,

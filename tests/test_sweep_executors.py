@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.records import read_record, record_path
-from bench.sweep import parse_sweep, run_sweep
+from bench.engine.records import read_record, record_path
+from bench.experiments.sweep import parse_sweep, run_sweep
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("submitit")

@@ -18,8 +18,9 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
 )
 
-from tasks import common
-from tasks.common import DataError, DicomReadError
+from tasks import cache as tcache
+from tasks import imageio, splits, synthetic
+from tasks.errors import DataError, DicomReadError
 
 
 def _image(h=48, w=40, seed=0):
@@ -34,9 +35,9 @@ def _image(h=48, w=40, seed=0):
 
 def test_cache_root_env(monkeypatch, tmp_path):
     monkeypatch.setenv("CXRBENCH_CACHE", str(tmp_path / "x"))
-    assert common.cache_root() == tmp_path / "x"
+    assert tcache.cache_root() == tmp_path / "x"
     monkeypatch.delenv("CXRBENCH_CACHE")
-    assert "cxrbench" in str(common.cache_root())
+    assert "cxrbench" in str(tcache.cache_root())
 
 
 @pytest.mark.parametrize(
@@ -50,10 +51,10 @@ def test_cache_root_env(monkeypatch, tmp_path):
 )
 def test_write_read_dicom_exact(tmp_path, kwargs, syntax, photometric):
     pixels = _image()
-    path = common.write_dicom(
+    path = imageio.write_dicom(
         tmp_path / "a.dcm", pixels, patient_id="p1", sop_uid="1.2.3.4", **kwargs
     )
-    header = common.read_dicom_header(path)
+    header = imageio.read_dicom_header(path)
     assert header == {
         "rows": 48,
         "columns": 40,
@@ -61,7 +62,7 @@ def test_write_read_dicom_exact(tmp_path, kwargs, syntax, photometric):
         "photometric": photometric,
         "transfer_syntax": syntax,
     }
-    out = common.read_dicom(path)
+    out = imageio.read_dicom(path)
     assert out.dtype == np.uint8 and out.shape == (48, 40)
     np.testing.assert_array_equal(out, pixels)
     ds = pydicom.dcmread(path)
@@ -76,23 +77,23 @@ def test_write_read_dicom_exact(tmp_path, kwargs, syntax, photometric):
 
 def test_write_read_dicom_rescale_exact(tmp_path):
     pixels = (np.maximum(_image(), 4) & 0xFE).astype(np.uint8)  # even, >= intercept
-    path = common.write_dicom(
+    path = imageio.write_dicom(
         tmp_path / "r.dcm", pixels, patient_id="p", sop_uid="1.2.5", rescale=(2, 4)
     )
     ds = pydicom.dcmread(path)
     assert float(ds.RescaleSlope) == 2 and float(ds.RescaleIntercept) == 4
     np.testing.assert_array_equal(ds.pixel_array, (pixels.astype(int) - 4) // 2)
-    np.testing.assert_array_equal(common.read_dicom(path), pixels)
+    np.testing.assert_array_equal(imageio.read_dicom(path), pixels)
 
 
 def test_write_read_dicom_jpeg_close(tmp_path):
     pixels = _image()
-    path = common.write_dicom(
+    path = imageio.write_dicom(
         tmp_path / "j.dcm", pixels, patient_id="p", sop_uid="1.2.6", compression="jpeg"
     )
-    assert common.read_dicom_header(path)["transfer_syntax"] == JPEGBaseline8Bit
+    assert imageio.read_dicom_header(path)["transfer_syntax"] == JPEGBaseline8Bit
     assert pydicom.dcmread(path).PhotometricInterpretation == "MONOCHROME2"
-    err = np.abs(common.read_dicom(path).astype(int) - pixels)
+    err = np.abs(imageio.read_dicom(path).astype(int) - pixels)
     assert err.mean() < 1.5 and err.max() <= 12
 
 
@@ -117,21 +118,21 @@ def _raw_dicom(path: Path, arr: np.ndarray, bits_stored: int, photometric="MONOC
 
 def test_read_dicom_12bit_minmax_and_monochrome1(tmp_path):
     arr = np.array([[0, 1000], [2000, 4095]], np.uint16)
-    out = common.read_dicom(_raw_dicom(tmp_path / "a.dcm", arr, 12))
+    out = imageio.read_dicom(_raw_dicom(tmp_path / "a.dcm", arr, 12))
     np.testing.assert_array_equal(out, np.rint(arr / 4095 * 255).astype(np.uint8))
     # MONOCHROME1 inverts with (2**BitsStored - 1) - raw before scaling
-    out1 = common.read_dicom(_raw_dicom(tmp_path / "b.dcm", arr, 12, "MONOCHROME1"))
+    out1 = imageio.read_dicom(_raw_dicom(tmp_path / "b.dcm", arr, 12, "MONOCHROME1"))
     np.testing.assert_array_equal(out1, np.rint((4095 - arr) / 4095 * 255).astype(np.uint8))
     # in-range values after the modality LUT are kept, not stretched
     small = np.array([[10, 20], [30, 40]], np.uint16)
-    out2 = common.read_dicom(
+    out2 = imageio.read_dicom(
         _raw_dicom(tmp_path / "c.dcm", small, 12, RescaleSlope=2, RescaleIntercept=-5)
     )
     np.testing.assert_array_equal(out2, small * 2 - 5)
 
 
 def test_read_dicom_errors_name_the_file(tmp_path):
-    good = common.write_dicom(tmp_path / "g.dcm", _image(), patient_id="p", sop_uid="1.2.7")
+    good = imageio.write_dicom(tmp_path / "g.dcm", _image(), patient_id="p", sop_uid="1.2.7")
     data = good.read_bytes()
     trunc = tmp_path / "trunc.dcm"
     trunc.write_bytes(data[: len(data) - 500])
@@ -143,12 +144,12 @@ def test_read_dicom_errors_name_the_file(tmp_path):
     ds.save_as(header_only)
     for path in (trunc, not_dicom, header_only, tmp_path / "missing.dcm"):
         with pytest.raises(DataError, match=str(path)) as info:
-            common.read_dicom(path)
+            imageio.read_dicom(path)
         assert isinstance(info.value, DicomReadError)
     with pytest.raises(DataError, match="no pixel data"):
-        common.read_dicom(header_only)
+        imageio.read_dicom(header_only)
     with pytest.raises(DataError, match="text.dcm"):
-        common.read_dicom_header(not_dicom)
+        imageio.read_dicom_header(not_dicom)
 
 
 # --------------------------------------------------------------------------- splits
@@ -156,22 +157,22 @@ def test_read_dicom_errors_name_the_file(tmp_path):
 
 def test_assign_splits_proportions_and_determinism():
     ids = [f"img{i:05d}" for i in range(2000)]
-    a = common.assign_splits(ids)
-    counts = {s: sum(v == s for v in a.values()) for s in common.SPLITS}
+    a = splits.assign_splits(ids)
+    counts = {s: sum(v == s for v in a.values()) for s in splits.SPLITS}
     assert abs(counts["train"] / 2000 - 0.70) < 0.04
     assert abs(counts["val"] / 2000 - 0.15) < 0.03
     assert abs(counts["test"] / 2000 - 0.15) < 0.03
     shuffled = ids[:]
     random.Random(1).shuffle(shuffled)
-    assert common.assign_splits(shuffled) == a
+    assert splits.assign_splits(shuffled) == a
     # a subset keeps each id's split (hash of the id alone)
-    sub = common.assign_splits(ids[:500])
+    sub = splits.assign_splits(ids[:500])
     assert all(sub[i] == a[i] for i in sub)
-    assert common.assign_splits(ids, salt="other") != a
+    assert splits.assign_splits(ids, salt="other") != a
 
 
 def test_assign_splits_pinned():
-    a = common.assign_splits([f"img{i:05d}" for i in range(2000)])
+    a = splits.assign_splits([f"img{i:05d}" for i in range(2000)])
     assert [a[f"img{i:05d}"] for i in range(10)] == PINNED_SPLITS
 
 
@@ -194,39 +195,39 @@ def test_assign_splits_groups_by_patient():
     ids = [f"img{i}" for i in range(600)]
     groups = {i: f"pat{int(i[3:]) // 3}" for i in ids}  # 3 images per patient
     groups["img0"] = ""  # missing patient -> the image is its own group
-    a = common.assign_splits(ids, groups)
+    a = splits.assign_splits(ids, groups)
     by_patient = {}
     for i in ids[1:]:
         by_patient.setdefault(groups[i], set()).add(a[i])
     assert all(len(s) == 1 for s in by_patient.values())
-    assert a["img0"] == common.assign_splits(["img0"])["img0"]
+    assert a["img0"] == splits.assign_splits(["img0"])["img0"]
 
 
 def test_assign_splits_nonempty_on_tiny_sets():
     for n in range(3, 12):
         for salt in ("a", "b", "c", "d"):
-            a = common.assign_splits([f"x{i}" for i in range(n)], salt=salt)
+            a = splits.assign_splits([f"x{i}" for i in range(n)], salt=salt)
             assert set(a.values()) == {"train", "val", "test"}, (n, salt)
     # zero ratio: that split stays empty
-    a = common.assign_splits([f"x{i}" for i in range(50)], ratios=(0.8, 0.2, 0))
+    a = splits.assign_splits([f"x{i}" for i in range(50)], ratios=(0.8, 0.2, 0))
     assert set(a.values()) == {"train", "val"}
     with pytest.raises(ValueError):
-        common.assign_splits(["a"], ratios=(1, -1, 1))
+        splits.assign_splits(["a"], ratios=(1, -1, 1))
 
 
 def test_fraction_subset_nested():
     train = [f"t{i}" for i in range(1000)]
-    f1, f10, f100 = (common.fraction_subset(train, f) for f in (0.01, 0.1, 1.0))
+    f1, f10, f100 = (splits.fraction_subset(train, f) for f in (0.01, 0.1, 1.0))
     assert (len(f1), len(f10), len(f100)) == (10, 100, 1000)
     assert set(f1) < set(f10) < set(f100) == set(train)
     assert f10[:10] == f1
-    assert common.fraction_subset(list(reversed(train)), 0.1) == f10
-    assert len(common.fraction_subset(train[:100], 0.07)) == 7  # no float ceil surprise
-    assert len(common.fraction_subset(train[:50], 0.001)) == 1
-    assert common.fraction_subset([], 0.5) == []
+    assert splits.fraction_subset(list(reversed(train)), 0.1) == f10
+    assert len(splits.fraction_subset(train[:100], 0.07)) == 7  # no float ceil surprise
+    assert len(splits.fraction_subset(train[:50], 0.001)) == 1
+    assert splits.fraction_subset([], 0.5) == []
     for bad in (0, -0.1, 1.5, "x"):
         with pytest.raises(ValueError, match="fraction"):
-            common.fraction_subset(train, bad)
+            splits.fraction_subset(train, bad)
 
 
 # --------------------------------------------------------------------------- split files
@@ -235,7 +236,7 @@ def test_fraction_subset_nested():
 def test_load_split_file_csv(tmp_path):
     f = tmp_path / "split.csv"
     f.write_text("ImageId,split\na,train\nb,valid\nc,Validation\nd,test\nd,test\n")
-    assert common.load_split_file(f, ["a", "b", "c", "d", "e"]) == {
+    assert splits.load_split_file(f, ["a", "b", "c", "d", "e"]) == {
         "a": "train",
         "b": "val",
         "c": "val",
@@ -243,16 +244,16 @@ def test_load_split_file_csv(tmp_path):
     }
     f.write_text("dicom_id,split\na,train\nb,val\nzz,test\n")
     with pytest.raises(DataError, match=r"1 id\(s\).*zz"):
-        common.load_split_file(f, ["a", "b"])
+        splits.load_split_file(f, ["a", "b"])
     f.write_text("image_id,split\na,train\na,test\n")
     with pytest.raises(DataError, match="two splits"):
-        common.load_split_file(f, ["a"])
+        splits.load_split_file(f, ["a"])
     f.write_text("name,split\na,train\n")
     with pytest.raises(DataError, match="no id column"):
-        common.load_split_file(f, ["a"])
+        splits.load_split_file(f, ["a"])
     f.write_text("id,split\na,holdout\n")
     with pytest.raises(DataError, match="line 2"):
-        common.load_split_file(f, ["a"])
+        splits.load_split_file(f, ["a"])
 
 
 def test_load_split_file_directory(tmp_path):
@@ -261,7 +262,7 @@ def test_load_split_file_directory(tmp_path):
     (d / "train.csv").write_text("ImageId,EncodedPixels\na,-1\nb, 1 2\nb, 5 2\n")
     (d / "validation.csv").write_text("ImageId,EncodedPixels\nc,-1\n")
     (d / "test.csv").write_text("ImageId,EncodedPixels\nd,-1\n")
-    assert common.load_split_file(d, list("abcde")) == {
+    assert splits.load_split_file(d, list("abcde")) == {
         "a": "train",
         "b": "train",
         "c": "val",
@@ -269,17 +270,17 @@ def test_load_split_file_directory(tmp_path):
     }
     (d / "test.csv").write_text("ImageId\nd\na\n")
     with pytest.raises(DataError, match="also listed"):
-        common.load_split_file(d, list("abcd"))
+        splits.load_split_file(d, list("abcd"))
     unknown = [f"u{i}" for i in range(15)]
     (d / "test.csv").write_text("ImageId\n" + "\n".join(unknown) + "\n")
     with pytest.raises(DataError, match=r"15 id\(s\)") as info:
-        common.load_split_file(d, list("abcd"))
+        splits.load_split_file(d, list("abcd"))
     assert "u0" in str(info.value) and "u9" not in str(info.value)  # at most 10 listed
     (d / "test.csv").unlink()
     with pytest.raises(DataError, match="test.csv"):
-        common.load_split_file(d, list("abcd"))
+        splits.load_split_file(d, list("abcd"))
     with pytest.raises(DataError, match="not found"):
-        common.load_split_file(tmp_path / "nope.csv", ["a"])
+        splits.load_split_file(tmp_path / "nope.csv", ["a"])
 
 
 # --------------------------------------------------------------------------- cache
@@ -291,13 +292,13 @@ def _items(tmp_path, n=6):
     items = []
     for i in range(n):
         p = src / f"im{i}.dcm"
-        common.write_dicom(p, _image(32, 32, i), patient_id=f"p{i // 2}", sop_uid=f"1.2.{i + 1}")
+        imageio.write_dicom(p, _image(32, 32, i), patient_id=f"p{i // 2}", sop_uid=f"1.2.{i + 1}")
         items.append({"id": f"im{i}", "path": p})
     return src, items
 
 
 def _load(item):
-    image, header = common.read_dicom_with_header(item["path"])
+    image, header = imageio.read_dicom_with_header(item["path"])
     return {
         "image": image,
         "mask": (image > 60).astype(np.uint8),
@@ -307,8 +308,8 @@ def _load(item):
 
 
 def _build(src, items, size=16, key="k1", **kw):
-    return common.build_cache(
-        common.cache_dir_for("toy", key), task="toy", root=src, items=items, image_size=size,
+    return tcache.build_cache(
+        tcache.cache_dir_for("toy", key), task="toy", root=src, items=items, image_size=size,
         load_item=_load, has_masks=True, progress=False, **kw,
     )  # fmt: skip
 
@@ -324,7 +325,7 @@ def test_build_cache_arrays_and_manifest(tmp_path, cache):
     assert prep.groups == ["p0", "p0", "p1", "p1", "p2", "p2"]
     assert isinstance(prep.images, np.memmap) and prep.images.shape == (6, 16, 16)
     assert prep.masks.shape == (6, 16, 16) and set(np.unique(prep.masks)) <= {0, 1}
-    np.testing.assert_array_equal(prep.images[3], common.resize_image(_image(32, 32, 3), 16))
+    np.testing.assert_array_equal(prep.images[3], imageio.resize_image(_image(32, 32, 3), 16))
     assert prep.orig_sizes == [(32, 32)] * 6
     m = prep.manifest
     assert m["counts"]["n_images"] == 6 and m["counts"]["n_skipped_corrupt"] == 1
@@ -333,7 +334,7 @@ def test_build_cache_arrays_and_manifest(tmp_path, cache):
     assert json.loads((prep.cache_dir / "manifest.json").read_text()) == m
     assert not prep.synthetic
     # reopened from disk, identical
-    again = common.load_prepared(prep.cache_dir)
+    again = tcache.load_prepared(prep.cache_dir)
     assert again.ids == prep.ids and np.array_equal(again.images, prep.images)
     with pytest.raises(DicomReadError, match="bad.dcm"):
         _build(src, items, key="k2", strict=True)
@@ -351,51 +352,51 @@ def test_build_cache_interrupted_leaves_nothing(tmp_path, cache):
         return _load(item)
 
     with pytest.raises(KeyboardInterrupt):
-        common.build_cache(
-            common.cache_dir_for("toy", "k"), task="toy", root=src, items=items, image_size=8,
+        tcache.build_cache(
+            tcache.cache_dir_for("toy", "k"), task="toy", root=src, items=items, image_size=8,
             load_item=flaky, progress=False,
         )  # fmt: skip
     assert list((cache / "prepared" / "toy").iterdir()) == []
-    assert common.load_prepared(common.cache_dir_for("toy", "k")) is None
+    assert tcache.load_prepared(tcache.cache_dir_for("toy", "k")) is None
 
 
 def test_cache_key_depends_on_content(tmp_path):
     src, items = _items(tmp_path, 2)
     files = [it["path"] for it in items]
-    k = common.cache_key("toy", 16, {"a": 1}, files, src)
-    assert k == common.cache_key("toy", 16, {"a": 1}, list(reversed(files)), src)
-    assert k != common.cache_key("toy", 32, {"a": 1}, files, src)
-    assert k != common.cache_key("toy", 16, {"a": 2}, files, src)
-    assert k != common.cache_key("toy", 16, {"a": 1}, files[:1], src)
+    k = tcache.cache_key("toy", 16, {"a": 1}, files, src)
+    assert k == tcache.cache_key("toy", 16, {"a": 1}, list(reversed(files)), src)
+    assert k != tcache.cache_key("toy", 32, {"a": 1}, files, src)
+    assert k != tcache.cache_key("toy", 16, {"a": 2}, files, src)
+    assert k != tcache.cache_key("toy", 16, {"a": 1}, files[:1], src)
     files[0].write_bytes(files[0].read_bytes() + b"\0")
-    assert k != common.cache_key("toy", 16, {"a": 1}, files, src)
+    assert k != tcache.cache_key("toy", 16, {"a": 1}, files, src)
 
 
 def test_split_and_fraction_indices(tmp_path, cache):
     src, items = _items(tmp_path, 12)
     prep = _build(src, items)
-    sp = common.split_indices(prep)
+    sp = splits.split_indices(prep)
     allidx = sorted(sp["train"] + sp["val"] + sp["test"])
     assert allidx == list(range(12)) and all(sp[s] == sorted(sp[s]) for s in sp)
     assert all(sp[s] for s in sp)
     for s in sp:  # patients never straddle splits
         others = [i for t in sp if t != s for i in sp[t]]
         assert not {prep.groups[i] for i in sp[s]} & {prep.groups[i] for i in others}
-    small = common.fraction_indices(prep, sp["train"], 0.2)
+    small = splits.fraction_indices(prep, sp["train"], 0.2)
     assert set(small) <= set(sp["train"]) and len(small) >= 1
-    assert set(common.fraction_indices(prep, sp["train"], 1.0)) == set(sp["train"])
+    assert set(splits.fraction_indices(prep, sp["train"], 1.0)) == set(sp["train"])
     split_csv = tmp_path / "split.csv"
     split_csv.write_text("ImageId,split\nim0,train\nim1,val\nim5,test\nim6,train\n")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert common.split_indices(prep, split_csv) == {"train": [0, 6], "val": [1], "test": [5]}
+        assert splits.split_indices(prep, split_csv) == {"train": [0, 6], "val": [1], "test": [5]}
     assert any("8 prepared image(s)" in str(w.message) for w in caught)
 
 
 def test_is_synthetic(tmp_path):
-    assert not common.is_synthetic(tmp_path)
-    common.write_synthetic_marker(tmp_path, "not real")
-    assert common.is_synthetic(tmp_path)
+    assert not synthetic.is_synthetic(tmp_path)
+    synthetic.write_synthetic_marker(tmp_path, "not real")
+    assert synthetic.is_synthetic(tmp_path)
 
 
 def test_build_cache_all_corrupt_is_an_error(tmp_path, cache):
@@ -414,9 +415,9 @@ def test_build_cache_all_corrupt_is_an_error(tmp_path, cache):
 
 def test_resize_non_square():
     img = np.arange(48 * 64, dtype=np.uint8).reshape(48, 64)
-    assert common.resize_image(img, 16).shape == (16, 16)
+    assert imageio.resize_image(img, 16).shape == (16, 16)
     mask = np.zeros((48, 64), np.uint8)
     mask[:, :32] = 1  # left half
-    small = common.resize_mask(mask, 16)
+    small = imageio.resize_mask(mask, 16)
     assert small[:, :8].all() and not small[:, 8:].any()
-    assert common.resize_mask(np.ones((4, 4), np.uint8), 8).all()  # enlarging too
+    assert imageio.resize_mask(np.ones((4, 4), np.uint8), 8).all()  # enlarging too

@@ -11,8 +11,10 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, RLELossless
 
-from tasks import common, rsna, siim
-from tasks.common import DataError
+from bench.util import sha256_file
+from tasks import cache as tcache
+from tasks import imageio, rsna, siim, splits, synthetic
+from tasks.errors import DataError
 
 SIZE, N, SEED = 96, 48, 5
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
@@ -65,9 +67,9 @@ def _first_line(root, target):
 
 def test_synth_writes_official_layout(synth_data):
     root, summary, records = synth_data
-    assert common.is_synthetic(root) and "NOT REAL" in (root / "SYNTHETIC_DATA.txt").read_text()
+    assert synthetic.is_synthetic(root) and "NOT REAL" in (root / "SYNTHETIC_DATA.txt").read_text()
     assert sorted(p.name for p in root.iterdir()) == sorted(
-        [rsna.IMAGE_DIR, rsna.LABELS_CSV, rsna.CLASS_CSV, common.SYNTHETIC_MARKER]
+        [rsna.IMAGE_DIR, rsna.LABELS_CSV, rsna.CLASS_CSV, synthetic.SYNTHETIC_MARKER]
     )
     files = sorted((root / rsna.IMAGE_DIR).iterdir())
     assert len(files) == N and all(f.suffix == ".dcm" and f.is_file() for f in files)
@@ -187,10 +189,10 @@ def test_prepare_full_resolution_exact(synth_data, cache):
     assert c["n_label_rows"] == summary["n_label_rows"] and c["by_class"] == summary["classes"]
     assert (c["n_boxes_clipped"], c["n_boxes_dropped"]) == (0, 0)
     assert m["boxes_clipped"] == m["boxes_dropped"] == []
-    assert m["label_sha256"] == common.sha256_file(root / rsna.LABELS_CSV)
-    assert m["class_sha256"] == common.sha256_file(root / rsna.CLASS_CSV)
+    assert m["label_sha256"] == sha256_file(root / rsna.LABELS_CSV)
+    assert m["class_sha256"] == sha256_file(root / rsna.CLASS_CSV)
     assert m["box_format"] == "xyxy" and m["has_boxes"]
-    assert (prep.cache_dir / common.BOXES_FILE).is_file()
+    assert (prep.cache_dir / tcache.BOXES_FILE).is_file()
     assert m["items"][0]["path"] == f"{rsna.IMAGE_DIR}/{prep.ids[0]}.dcm"
 
 
@@ -268,23 +270,23 @@ def test_cache_rebuilds_when_labels_change(data, cache):
 
 def test_damaged_box_file_is_rebuilt(synth_data, cache):
     prep = _prepare(synth_data[0])
-    (prep.cache_dir / common.BOXES_FILE).write_bytes(b"not a zip")
-    assert common.load_prepared(prep.cache_dir) is None
+    (prep.cache_dir / tcache.BOXES_FILE).write_bytes(b"not a zip")
+    assert tcache.load_prepared(prep.cache_dir) is None
     again = _prepare(synth_data[0])
     assert again.cache_dir == prep.cache_dir
     assert all(np.array_equal(a, b) for a, b in zip(prep.boxes, again.boxes))
 
 
 def test_build_cache_boxes_optional(tmp_path, cache):
-    path = common.write_dicom(
+    path = imageio.write_dicom(
         tmp_path / "a.dcm", np.full((8, 8), 9, np.uint8), patient_id="p", sop_uid="1.2.3"
     )
     items = [{"id": "a", "path": path}, {"id": "b", "path": path}]
 
     def load(item, boxes):
-        return {"image": common.read_dicom(item["path"]), "mask": None, "boxes": boxes[item["id"]]}
+        return {"image": imageio.read_dicom(item["path"]), "mask": None, "boxes": boxes[item["id"]]}
 
-    plain = common.build_cache(
+    plain = tcache.build_cache(
         cache / "x",
         task="t",
         root=tmp_path,
@@ -294,8 +296,8 @@ def test_build_cache_boxes_optional(tmp_path, cache):
         progress=False,
     )
     assert plain.boxes is None and "has_boxes" not in plain.manifest
-    boxes = {"a": common.scale_boxes([[0, 0, 8, 4]], (8, 8), 4), "b": None}
-    with_boxes = common.build_cache(
+    boxes = {"a": tcache.scale_boxes([[0, 0, 8, 4]], (8, 8), 4), "b": None}
+    with_boxes = tcache.build_cache(
         cache / "y",
         task="t",
         root=tmp_path,
@@ -316,14 +318,14 @@ def test_build_cache_boxes_optional(tmp_path, cache):
 def test_splits_negatives_everywhere_and_match_ground_truth(synth_data, cache):
     root = synth_data[0]
     prep = _prepare(root)
-    sp = common.split_indices(prep)
+    sp = splits.split_indices(prep)
     assert sorted(sum(sp.values(), [])) == list(range(N))
     for name, idx in sp.items():
         positive = [bool(len(prep.boxes[i])) for i in idx]
         assert idx and not all(positive), f"{name} has no negatives"
     by_id = {prep.ids[i]: s for s, idx in sp.items() for i in idx}
-    assert by_id == common.assign_splits(prep.ids)  # one image per patient: split by patientId
-    subsets = [set(common.fraction_indices(prep, sp["train"], f)) for f in (0.1, 0.5, 1.0)]
+    assert by_id == splits.assign_splits(prep.ids)  # one image per patient: split by patientId
+    subsets = [set(splits.fraction_indices(prep, sp["train"], f)) for f in (0.1, 0.5, 1.0)]
     assert subsets[0] <= subsets[1] <= subsets[2] == set(sp["train"])
     gt = rsna.load_ground_truth(root)
     assert rsna.ground_truth_splits(gt) == by_id
@@ -406,7 +408,7 @@ def test_boxes_outside_image_clipped_and_reported(data, cache):
 def test_non_square_image_clip_and_scale(data, cache):
     pid = sorted(p.stem for p in (data / rsna.IMAGE_DIR).glob("*.dcm"))[0]
     narrow = np.full((SIZE, SIZE // 2), 100, np.uint8)  # Rows SIZE, Columns SIZE / 2
-    common.write_dicom(
+    imageio.write_dicom(
         data / rsna.IMAGE_DIR / f"{pid}.dcm", narrow, patient_id=pid, sop_uid="1.2.3"
     )
     lines = [ln for ln in _lines(data) if not ln.startswith(pid + ",")]
@@ -572,8 +574,8 @@ def test_no_matching_ids(data, cache):
 
 
 def test_is_synthetic(synth_data, data, cache):
-    assert common.is_synthetic(synth_data[0]) and _prepare(synth_data[0]).synthetic
-    (data / common.SYNTHETIC_MARKER).unlink()
-    assert not common.is_synthetic(data)
+    assert synthetic.is_synthetic(synth_data[0]) and _prepare(synth_data[0]).synthetic
+    (data / synthetic.SYNTHETIC_MARKER).unlink()
+    assert not synthetic.is_synthetic(data)
     prep = _prepare(data)
     assert not prep.synthetic and not prep.manifest["synthetic"]

@@ -13,8 +13,9 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, RLELossless
 
-from tasks import common, siim
-from tasks.common import DataError
+from bench.util import sha256_file
+from tasks import imageio, siim, splits, synthetic
+from tasks.errors import DataError
 
 SIZE, N, SEED = 64, 36, 7
 ID_RE = re.compile(r"1\.2\.276\.0\.7230010\.3\.1\.4\.8323329\.\d+\.1517875\d{3}\.\d{6}")
@@ -123,7 +124,7 @@ def test_rle_edge_runs_allowed():
 
 def test_synth_writes_official_layout(synth_data):
     root, summary, records = synth_data
-    assert common.is_synthetic(root) and "NOT REAL" in (root / "SYNTHETIC_DATA.txt").read_text()
+    assert synthetic.is_synthetic(root) and "NOT REAL" in (root / "SYNTHETIC_DATA.txt").read_text()
     files = sorted((root / "dicom-images-train").rglob("*.dcm"))
     assert len(files) == N
     syntaxes, photometrics, rescaled = set(), set(), 0
@@ -180,7 +181,7 @@ def test_synth_pretrain_is_separate(synth_data, tmp_path):
     root, _, records = synth_data
     out = tmp_path / "pre"
     summary = siim.synth_pretrain(out, n=12, seed=SEED, size=32, progress=False)
-    assert common.is_synthetic(out) and (out / "train-rle.csv").is_file()
+    assert synthetic.is_synthetic(out) and (out / "train-rle.csv").is_file()
     rows = (out / "labels.csv").read_text().splitlines()
     assert rows[0] == "ImageId,Pneumothorax" and len(rows) == 13
     labels = dict(r.split(",") for r in rows[1:])
@@ -225,7 +226,7 @@ def test_prepare_full_resolution_matches_generated(synth_data, cache):
     assert c["n_label_rows"] == summary["n_label_rows"]
     assert (c["n_label_ids_without_dicom"], c["n_dicoms_without_labels"]) == (0, 0)
     assert m["rle_format"] == "relative" and m["label_file"].endswith("train-rle.csv")
-    assert m["label_sha256"] == common.sha256_file(root / "train-rle.csv")
+    assert m["label_sha256"] == sha256_file(root / "train-rle.csv")
     assert m["items"][0]["path"].startswith("dicom-images-train/")
     assert {it["transfer_syntax"] for it in m["items"]} == {
         ExplicitVRLittleEndian,
@@ -243,10 +244,10 @@ def test_prepare_downsized(synth_data, cache):
         full = np.zeros((SIZE, SIZE), np.uint8)
         for region in rec["regions"]:
             full |= region
-        np.testing.assert_array_equal(prep.masks[k], common.resize_mask(full, 32))
+        np.testing.assert_array_equal(prep.masks[k], imageio.resize_mask(full, 32))
         assert bool(prep.masks[k].any()) == bool(full.any())  # regions survive downsizing
         if rec["storage"] != "jpeg":
-            np.testing.assert_array_equal(prep.images[k], common.resize_image(rec["image"], 32))
+            np.testing.assert_array_equal(prep.images[k], imageio.resize_image(rec["image"], 32))
 
 
 def test_second_prepare_reads_only_the_cache(synth_data, cache, monkeypatch):
@@ -281,7 +282,7 @@ def test_cache_rebuilds_when_inputs_change(data, cache):
 
 def test_interrupted_build_leaves_no_cache(synth_data, cache, monkeypatch):
     root = synth_data[0]
-    real = common.read_dicom_with_header
+    real = imageio.read_dicom_with_header
     calls = []
 
     def dies_midway(path):
@@ -290,11 +291,11 @@ def test_interrupted_build_leaves_no_cache(synth_data, cache, monkeypatch):
             raise RuntimeError("simulated crash")
         return real(path)
 
-    monkeypatch.setattr(common, "read_dicom_with_header", dies_midway)
+    monkeypatch.setattr(imageio, "read_dicom_with_header", dies_midway)
     with pytest.raises(RuntimeError, match="simulated"):
         _prepare(root)
     assert list((cache / "prepared" / "siim").iterdir()) == []
-    monkeypatch.setattr(common, "read_dicom_with_header", real)
+    monkeypatch.setattr(imageio, "read_dicom_with_header", real)
     prep = _prepare(root)
     assert len(prep) == N and (prep.cache_dir / "manifest.json").is_file()
 
@@ -304,7 +305,7 @@ def test_interrupted_build_leaves_no_cache(synth_data, cache, monkeypatch):
 
 def test_splits_by_image_and_patient(data, cache):
     prep = _prepare(data)
-    sp = common.split_indices(prep)
+    sp = splits.split_indices(prep)
     assert sorted(sum(sp.values(), [])) == list(range(N))
     patients = {s: {prep.groups[i] for i in idx} for s, idx in sp.items()}
     assert not patients["train"] & patients["val"]
@@ -318,12 +319,12 @@ def test_splits_by_image_and_patient(data, cache):
     (data / "train-rle.csv").write_text("\n".join([lines[0], *body]) + "\n")
     prep2 = _prepare(data)
     assert prep2.cache_dir != prep.cache_dir
-    sp2 = common.split_indices(prep2)
+    sp2 = splits.split_indices(prep2)
     assert {prep2.ids[i]: s for s, idx in sp2.items() for i in idx} == by_id
     # val/test never depend on the label fraction; fractions are nested
-    subsets = [set(common.fraction_indices(prep, sp["train"], f)) for f in (0.1, 0.5, 1.0)]
+    subsets = [set(splits.fraction_indices(prep, sp["train"], f)) for f in (0.1, 0.5, 1.0)]
     assert subsets[0] <= subsets[1] <= subsets[2] == set(sp["train"])
-    assert common.split_indices(prep2)["test"] == sp["test"]
+    assert splits.split_indices(prep2)["test"] == sp["test"]
     # header-only ground truth reproduces the same assignment
     gt = siim.load_ground_truth(data)
     assert siim.ground_truth_splits(gt) == by_id
@@ -475,7 +476,7 @@ def png_pair(tmp_path_factory):
     (png_root / "png_images").mkdir(parents=True)
     shutil.copy(dicom_root / "train-rle.csv", png_root / "train-rle.csv")
     for path in sorted((dicom_root / siim.DICOM_DIR).rglob("*.dcm")):
-        image = Image.fromarray(common.read_dicom(path)).resize((256, 256), Image.Resampling.BOX)
+        image = Image.fromarray(imageio.read_dicom(path)).resize((256, 256), Image.Resampling.BOX)
         image.save(png_root / "png_images" / f"{path.stem}.png")
     return dicom_root, png_root
 
@@ -497,12 +498,12 @@ def test_png_reexport_matches_the_dicoms(png_pair, cache):
 
 
 def test_png_ground_truth_scores_one(png_pair, cache, tmp_path):
-    from bench.evaluate import evaluate_siim
+    from bench.engine.evaluate import evaluate_submission
 
     _, png_root = png_pair
     gt = siim.load_ground_truth(png_root)
     assert {(e["height"], e["width"]) for e in gt.values()} == {(1024, 1024)}
-    result = evaluate_siim(png_root, png_root / "train-rle.csv", split="all")
+    result = evaluate_submission("siim", png_root, png_root / "train-rle.csv", split="all")
     assert result["metrics"]["dice"] == 1.0 and result["n_scored"] == 8
 
 

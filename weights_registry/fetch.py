@@ -13,12 +13,13 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import platformdirs
+
+from bench.util import atomic_write, sha256_file
 
 from .catalogue import InitEntry, get_entry
 from .errors import (
@@ -66,14 +67,6 @@ def cache_path(entry: InitEntry | str, arch: str = "resnet50") -> Path:
 def is_cached(entry: InitEntry | str, arch: str = "resnet50") -> bool:
     entry = _resolve(entry)
     return entry.source(arch) is not None and cache_path(entry, arch).is_file()
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _expected_text(sha256: str | None, hash_prefix: str | None) -> str:
@@ -136,11 +129,11 @@ def _unavailable_message(entry: InitEntry, arch: str, target: Path, reason: str)
     )
 
 
-def _download(url: str, dst: Path, timeout: float) -> str:
-    """Stream ``url`` into ``dst`` (which must not be the final path); return its SHA-256."""
+def _download(url: str, out, timeout: float) -> str:
+    """Stream ``url`` into the open binary file ``out``; return its SHA-256."""
     h = hashlib.sha256()
     req = urllib.request.Request(url, headers={"User-Agent": "cxrbench"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp, open(dst, "wb") as out:
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
         while chunk := resp.read(_CHUNK):
             h.update(chunk)
             out.write(chunk)
@@ -165,30 +158,26 @@ def fetch_verified(
             )
         )
 
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{target.name}.", suffix=".part", dir=target.parent
-        )
-        os.close(fd)
-    except OSError as e:
-        raise WeightsUnavailableError(
-            _unavailable_message(entry, arch, target, f"cannot write: {e}")
-        ) from e
-    tmp = Path(tmp_name)
-    try:
+    result: dict = {}
+
+    def write(f) -> None:
         print(f"cxrbench: downloading {src.url} -> {target}", file=sys.stderr)
         try:
-            actual = _download(src.url, tmp, DOWNLOAD_TIMEOUT_S)
+            result["sha"] = _download(src.url, f, DOWNLOAD_TIMEOUT_S)
         except (urllib.error.URLError, OSError, ValueError) as e:
             raise WeightsUnavailableError(
                 _unavailable_message(entry, arch, target, f"download failed: {e}")
             ) from e
-        _, verified = verify_file(tmp, src.sha256, src.hash_prefix, actual=actual)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        # checked before the rename: a file that does not verify never lands in the cache
+        result["verified"] = verify_file(target, src.sha256, src.hash_prefix, actual=result["sha"])[1]
+
+    try:
+        atomic_write(target, write, binary=True)
+    except PermissionError as e:
+        raise WeightsUnavailableError(
+            _unavailable_message(entry, arch, target, f"cannot write: {e}")
+        ) from e
+    actual, verified = result["sha"], result["verified"]
     return target, actual, verified
 
 

@@ -1,0 +1,152 @@
+"""Run configuration: every setting of one run, its defaults, and the run id derived from it.
+
+A run is fully described by a :class:`RunConfig`. The run id is a readable prefix
+(task, init, protocol, fraction, seed) plus a short hash of every setting that can
+change the result, so two runs with the same id are the same experiment and a sweep
+can tell finished work from new work by the id alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROTOCOLS = ("frozen", "linear", "finetune")
+ARCHS = ("resnet18", "resnet34", "resnet50")
+DETECTORS = ("retinanet", "fasterrcnn")
+
+# Learning rates when --lr is not given: a trained head on frozen features takes a
+# larger step than a fine-tuned encoder (LoVT/MGCA use the same order of magnitude).
+DEFAULT_LR = {"linear": 1e-3, "frozen": 1e-3, "finetune": 1e-4}
+
+
+@dataclass
+class RunConfig:
+    """All settings of one `bench run`; see `bench run --help` for their meaning."""
+
+    task: str = "siim"
+    init: str = "imagenet"
+    protocol: str = "finetune"
+    fraction: float = 1.0
+    seed: int = 0
+    data_root: str | None = None
+    out: str = "runs"
+    arch: str = "resnet50"
+    image_size: int = 224
+    epochs: int = 20
+    batch_size: int = 16
+    lr: float | None = None
+    weight_decay: float = 0.0
+    patience: int = 5
+    device: str = "auto"
+    num_workers: int = 0
+    detector: str = "retinanet"
+    # initialization
+    checkpoint: str | None = None
+    prefix: str | None = None
+    init_name: str | None = None
+    allow_partial: bool = False
+    allow_leakage: bool = False
+    trust_checkpoint: bool = False
+    mean: list[float] | None = None  # input normalization override (else the init's own)
+    std: list[float] | None = None
+    # data
+    split_file: str | None = None
+    rle_format: str | None = None
+    strict: bool = False
+    # outputs
+    save_predictions: bool = False
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _ = self.spec  # an unknown task fails here, listing the registered ones
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {self.protocol!r}; known: {', '.join(PROTOCOLS)}")
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown arch {self.arch!r}; known: {', '.join(ARCHS)}")
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"--fraction must be in (0, 1], got {self.fraction}")
+        if self.image_size % 32 or self.image_size < 32:
+            raise ValueError(f"--image-size must be a multiple of 32 (U-Net/FPN strides), got {self.image_size}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("--epochs and --batch-size must be >= 1")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("--mean and --std go together (one value, or one per input channel)")
+        if self.std is not None and not all(float(v) > 0 for v in self.std):
+            raise ValueError(f"--std values must be > 0, got {list(self.std)}")
+
+    @property
+    def spec(self):
+        """The task's registered :class:`tasks.registry.TaskSpec`."""
+        from tasks import get_task
+
+        return get_task(self.task)
+
+    @property
+    def output(self) -> str:
+        """The output kind this run trains: ``"mask"`` or ``"boxes"``."""
+        return self.spec.output(self.protocol)
+
+    @property
+    def resolved_lr(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.protocol]
+
+    @property
+    def init_label(self) -> str:
+        """Name of the initialization in records and reports."""
+        if self.init_name:
+            return self.init_name
+        p = Path(self.init)
+        if p.suffix or "/" in self.init or "\\" in self.init:
+            name = p.name
+            for suffix in (".safetensors", ".pth.tar", ".ckpt", ".pth", ".pt", ".tar"):
+                if name.endswith(suffix):
+                    name = name[: -len(suffix)]
+                    break
+            return name
+        return self.init
+
+    def hparams(self) -> dict:
+        """The resolved hyper-parameters stored in the record."""
+        return {
+            "lr": self.resolved_lr,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "weight_decay": self.weight_decay,
+            "patience": self.patience,
+            "optimizer": "adam",
+            "image_size": self.image_size,
+            "arch": self.arch,
+            "detector": self.detector if self.output == "boxes" else None,
+        }
+
+    def identity(self) -> dict:
+        """Settings that can change the result; the run id hashes exactly these."""
+        keys = (
+            "task init protocol fraction seed data_root arch image_size epochs batch_size "
+            "weight_decay patience checkpoint prefix allow_partial split_file rle_format"
+        ).split()
+        ident = {k: getattr(self, k) for k in keys}
+        ident["lr"] = self.resolved_lr
+        if self.mean is not None:  # only when given, so older run ids stay valid
+            ident["mean"], ident["std"] = list(self.mean), list(self.std)
+        if self.output == "boxes":
+            ident["detector"] = self.detector
+        ident.update({f"extra.{k}": v for k, v in sorted(self.extra.items())})
+        return ident
+
+    @property
+    def run_id(self) -> str:
+        digest = hashlib.sha256(
+            json.dumps(self.identity(), sort_keys=True, default=str).encode()
+        ).hexdigest()[:8]
+        label = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.init_label)
+        return f"{self.task}-{label}-{self.protocol}-f{self.fraction:g}-s{self.seed}-{digest}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

@@ -1,0 +1,55 @@
+"""The initialization of one run: the registry encoder, with the leakage rule applied.
+
+Owns :func:`load_weights` (``weights_registry.load_encoder`` for a run config) and
+:class:`LeakageError`: an init pretrained on the images of the downstream task is
+refused unless ``--allow-leakage`` (design §8.8); for a catalogue name the rule is
+checked before anything is downloaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.engine.config import RunConfig
+
+
+class LeakageError(RuntimeError):
+    """The initialization was pretrained on the images of the downstream task."""
+
+
+def _leakage_message(cfg: RunConfig, pretrained_on) -> str:
+    return (
+        f"init {cfg.init!r} was pretrained on {', '.join(pretrained_on or []) or 'data'} "
+        f"that includes the {cfg.task} images, so its {cfg.task} numbers would be inflated "
+        "(design §8.8). Pass --allow-leakage to run it anyway; the record and the report "
+        "flag it."
+    )
+
+
+def load_weights(cfg: RunConfig):
+    """Registry encoder + info, with the leakage rule of design §8.8 applied.
+
+    For a catalogue name the rule is checked before anything is downloaded.
+    """
+    import weights_registry as wr
+
+    if not Path(cfg.init).expanduser().exists():
+        entry = wr.get_entry(cfg.init)  # unknown names fail here, listing the known ones
+        if wr.check_leakage(entry, cfg.task) and not cfg.allow_leakage:
+            raise LeakageError(_leakage_message(cfg, entry.pretrained_on))
+    encoder, info = wr.load_encoder(
+        cfg.init,
+        cfg.arch,
+        checkpoint=cfg.checkpoint,
+        prefix=cfg.prefix,
+        allow_partial=cfg.allow_partial,
+        trust_checkpoint=cfg.trust_checkpoint,
+        mean=cfg.mean,
+        std=cfg.std,
+    )
+    leakage = wr.check_leakage(info, cfg.task)
+    info["leakage"] = leakage
+    info["allow_leakage"] = cfg.allow_leakage
+    if leakage and not cfg.allow_leakage:
+        raise LeakageError(_leakage_message(cfg, info.get("pretrained_on")))
+    return encoder, info

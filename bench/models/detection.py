@@ -1,0 +1,327 @@
+"""Detection: the boxes head, the detector around a registry ResNet, its protocol, loss, metrics.
+
+Owns :class:`DetectionHead` (the ``"boxes"`` output kind of :mod:`bench.models.heads`)
+and, for detection tasks such as RSNA pneumonia (design §5, §6):
+
+- :func:`build_detector`: a torchvision ``RetinaNet`` (default) or ``FasterRCNN`` whose
+  backbone body *is* the registry ResNet (its modules are reused, not copied) under an
+  FPN. The body keeps the encoder's own ``nn.BatchNorm2d`` (never torchvision's
+  ``FrozenBatchNorm2d``) and the protocol alone decides what trains:
+  ``frozen`` = body without gradients and with BatchNorm in eval mode (via
+  :class:`bench.models.ProtocolModel`), FPN and heads train; ``finetune`` = everything
+  trains. ``linear`` is not a detection protocol (RSNA linear is segmentation of the
+  box masks, design §5).
+- :func:`make_loss_step`, :func:`make_evaluate`, :func:`predict`,
+  :func:`detection_collate` for :func:`bench.train.fit`.
+
+Choices, all documented in code below:
+
+- Classes: one foreground class, label ``FOREGROUND_LABEL = 1``, ``num_classes=2`` for
+  both detectors. For Faster R-CNN index 0 is the background; RetinaNet has no
+  background class, so its class 0 is a never-positive extra logit (the convention of
+  torchvision's COCO RetinaNet, whose 91 classes include the unused 0). Predictions
+  with another label are dropped before scoring.
+- Input: float images in [0, 1], C channels; the detector's internal transform
+  normalizes with the initialization's mean/std and keeps the size
+  (``min_size = max_size = image_size``), so it never resizes the cached images.
+- Anchors: torchvision's default sizes are made for ~800-1024 px images and RSNA
+  images are 1024 px, so the defaults are scaled by ``image_size / 1024``: the anchors
+  keep the same size *relative to the image* whatever the training resolution.
+  RetinaNet: 3 scales (x, x 2^(1/3), x 2^(2/3)) for x in (32, 64, 128, 256, 512)
+  scaled, on P3-P7; Faster R-CNN: one size per level on P2-P6; aspect ratios
+  0.5, 1, 2.
+- Inference keeps every box scoring >= 0.05 and at most 100 per image (COCO's
+  ``maxDets``), as mAP needs the low-confidence tail; ``rsna_score`` only counts
+  boxes scoring >= ``RSNA_SCORE_THRESHOLD`` (0.5), the competition scoring a
+  thresholded submission.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.models import ResNet
+from torchvision.models.detection import FasterRCNN, RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
+
+from bench.metrics.detection import DetMetrics
+from bench.models.datasets import DetectionDataset
+from bench.models.device import autocast
+from bench.models.protocols import ProtocolModel
+
+DETECTORS = ("retinanet", "fasterrcnn")
+DETECTION_PROTOCOLS = ("frozen", "finetune")
+FOREGROUND_LABEL = 1
+NUM_CLASSES = 2  # background/unused + pneumonia
+SCORE_THRESH = 0.05
+DETECTIONS_PER_IMAGE = 100
+RSNA_SCORE_THRESHOLD = 0.5
+FPN_CHANNELS = 256
+ANCHOR_BASE = (32, 64, 128, 256, 512)  # torchvision's defaults, for 1024 px images
+ASPECT_RATIOS = (0.5, 1.0, 2.0)
+
+
+class DetectionModel(ProtocolModel):
+    """A torchvision detector whose backbone body (the registry ResNet) follows the protocol.
+
+    ``forward(images, targets=None)`` is the detector's: a loss dict in train mode, a
+    list of ``{"boxes", "scores", "labels"}`` in eval mode.
+    """
+
+    def __init__(self, detector: nn.Module, protocol: str, in_channels: int):
+        super().__init__(detector, protocol)
+        self.in_channels = in_channels
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.model.backbone.body
+
+
+def resnet_stage_channels(encoder: ResNet) -> list[int]:
+    """Output channels of layer1..layer4 (64..512 for BasicBlock, 256..2048 for Bottleneck)."""
+    c5 = encoder.inplanes  # torchvision leaves it at layer4's output channels
+    return [c5 // 8, c5 // 4, c5 // 2, c5]
+
+
+def _check_arch(encoder: ResNet, arch: str) -> None:
+    expected = 512 if arch in ("resnet18", "resnet34") else 2048
+    c5 = resnet_stage_channels(encoder)[-1]
+    if c5 != expected:
+        raise ValueError(f"--arch {arch} expects {expected} C5 channels, the encoder has {c5}")
+
+
+def anchor_generator(detector: str, image_size: int) -> AnchorGenerator:
+    """torchvision's default anchors scaled by ``image_size / 1024`` (see module docstring)."""
+    scale = image_size / 1024
+    if detector == "retinanet":
+        sizes = tuple(tuple(x * scale * 2 ** (k / 3) for k in range(3)) for x in ANCHOR_BASE)
+    else:
+        sizes = tuple((x * scale,) for x in ANCHOR_BASE)
+    return AnchorGenerator(sizes, (ASPECT_RATIOS,) * len(sizes))
+
+
+def fpn_backbone(encoder: ResNet, detector: str) -> BackboneWithFPN:
+    """FPN over the encoder's own modules; the FPN itself has no normalization layer.
+
+    RetinaNet: C3-C5 plus P6/P7 from P5 (torchvision's ``retinanet_resnet50_fpn``);
+    Faster R-CNN: C2-C5 plus a max-pooled P6. ``requires_grad`` is left alone here
+    (torchvision's ``_resnet_fpn_extractor`` would freeze layers by itself).
+    """
+    layers = [2, 3, 4] if detector == "retinanet" else [1, 2, 3, 4]
+    channels = resnet_stage_channels(encoder)
+    if detector == "retinanet":
+        extra = LastLevelP6P7(FPN_CHANNELS, FPN_CHANNELS)
+    else:
+        extra = LastLevelMaxPool()
+    return BackboneWithFPN(
+        encoder,
+        return_layers={f"layer{k}": str(i) for i, k in enumerate(layers)},
+        in_channels_list=[channels[k - 1] for k in layers],
+        out_channels=FPN_CHANNELS,
+        extra_blocks=extra,
+    )
+
+
+def build_detector(
+    encoder: ResNet,
+    arch: str,
+    protocol: str,
+    in_channels: int,
+    mean: list[float],
+    std: list[float],
+    detector: str = "retinanet",
+    image_size: int = 512,
+    num_classes: int = NUM_CLASSES,
+) -> DetectionModel:
+    """A RetinaNet or Faster R-CNN on the registry ResNet ``encoder``, under ``protocol``."""
+    if detector not in DETECTORS:
+        raise ValueError(f"unknown detector {detector!r}, choose from {DETECTORS}")
+    if protocol not in DETECTION_PROTOCOLS:
+        raise ValueError(
+            f"protocol {protocol!r} is not a detection protocol {DETECTION_PROTOCOLS} "
+            "(RSNA 'linear' is linear segmentation of the box masks, design §5)"
+        )
+    if encoder.conv1.in_channels != in_channels or not len(mean) == len(std) == in_channels:
+        raise ValueError(
+            f"{in_channels} channels asked for, encoder takes {encoder.conv1.in_channels}, "
+            f"normalization has {len(mean)} means and {len(std)} stds"
+        )
+    _check_arch(encoder, arch)
+    for p in encoder.parameters():
+        p.requires_grad_(True)  # ProtocolModel freezes the body when the protocol says so
+    common = {
+        "min_size": image_size,
+        "max_size": image_size,
+        "image_mean": list(mean),
+        "image_std": list(std),
+    }
+    backbone = fpn_backbone(encoder, detector)
+    anchors = anchor_generator(detector, image_size)
+    if detector == "retinanet":
+        model = RetinaNet(
+            backbone,
+            num_classes,
+            anchor_generator=anchors,
+            score_thresh=SCORE_THRESH,
+            detections_per_img=DETECTIONS_PER_IMAGE,
+            **common,
+        )
+    else:
+        model = FasterRCNN(
+            backbone,
+            num_classes,
+            rpn_anchor_generator=anchors,
+            box_score_thresh=SCORE_THRESH,
+            box_detections_per_img=DETECTIONS_PER_IMAGE,
+            **common,
+        )
+    return DetectionModel(model, protocol, in_channels)
+
+
+def to_inputs(images: torch.Tensor, channels: int, device: torch.device) -> list[torch.Tensor]:
+    """uint8 (N,H,W) -> list of N float (C,H,W) images in [0, 1] on ``device``."""
+    x = images.to(device, non_blocking=True).float().div_(255.0).unsqueeze(1)
+    return list(x.expand(-1, channels, -1, -1))
+
+
+def to_targets(targets: list[dict], device: torch.device) -> list[dict]:
+    """Boxes (M,4) xyxy float32 on ``device``, every label the foreground class."""
+    out = []
+    for t in targets:
+        boxes = torch.as_tensor(t["boxes"], dtype=torch.float32, device=device).reshape(-1, 4)
+        labels = torch.full((len(boxes),), FOREGROUND_LABEL, dtype=torch.int64, device=device)
+        out.append({"boxes": boxes, "labels": labels})
+    return out
+
+
+def make_loss_step(channels: int):
+    """``loss_step(model, batch, device)``: the sum of the detector's losses."""
+
+    def loss_step(model: nn.Module, batch, device: torch.device) -> torch.Tensor:
+        images, targets, _ = batch
+        losses = model(to_inputs(images, channels, device), to_targets(targets, device))
+        return torch.stack([v.float() for v in losses.values()]).sum()
+
+    return loss_step
+
+
+def _foreground(output: dict) -> dict:
+    keep = output["labels"] == FOREGROUND_LABEL
+    return {
+        "boxes": output["boxes"][keep].float().cpu(),
+        "scores": output["scores"][keep].float().cpu(),
+    }
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader, device: torch.device, channels: int | None = None):
+    """Yield (dataset indices, predictions ``{"boxes", "scores"}`` on CPU, targets) per batch."""
+    model.eval()
+    channels = channels or model.in_channels
+    for images, targets, idx in loader:
+        with autocast(device):
+            outputs = model(to_inputs(images, channels, device))
+        yield idx.tolist(), [_foreground(o) for o in outputs], targets
+
+
+def make_evaluate(
+    device: torch.device,
+    ids: list,
+    channels: int | None = None,
+    rsna_score_threshold: float = RSNA_SCORE_THRESHOLD,
+):
+    """Return ``evaluate(model, loader) -> DetMetrics.compute()``, each image scored once.
+
+    ``ids[i]`` is the image id of dataset index ``i``; ``channels`` defaults to the
+    model's ``in_channels``.
+    """
+
+    def evaluate(model: nn.Module, loader) -> dict:
+        metrics = DetMetrics(
+            max_dets=DETECTIONS_PER_IMAGE, rsna_score_threshold=rsna_score_threshold
+        )
+        for idx, preds, targets in predict(model, loader, device, channels):
+            metrics.update([ids[i] for i in idx], preds, targets)
+        return metrics.compute()
+
+    return evaluate
+
+
+def detection_collate(batch):
+    """[(uint8 HxW, {"boxes": (M,4)}, index)] -> (uint8 (N,H,W), [targets], int64 (N,))."""
+    images, targets, indices = zip(*batch)
+    targets = [
+        {"boxes": torch.as_tensor(t["boxes"], dtype=torch.float32).reshape(-1, 4)} for t in targets
+    ]
+    return torch.stack(list(images)), targets, torch.as_tensor(indices, dtype=torch.int64)
+
+
+class DetectionHead:
+    """The ``"boxes"`` output: RetinaNet or Faster R-CNN, the detector's losses, COCO mAP."""
+
+    kind = "boxes"
+    collate = staticmethod(detection_collate)
+    EXAMPLE_MIN_SCORE = 0.3  # boxes drawn in the report's example figure
+
+    def __init__(self, cfg, winfo: dict, device: torch.device):
+        self.cfg, self.device, self.winfo = cfg, device, winfo
+        self.channels = winfo["in_channels"]
+        self.loss_step = make_loss_step(self.channels)
+
+    def build(self, encoder: ResNet) -> DetectionModel:
+        c = self.cfg
+        return build_detector(encoder, c.arch, c.protocol, self.channels, self.winfo["mean"],
+                              self.winfo["std"], detector=c.detector, image_size=c.image_size)  # fmt: skip
+
+    def dataset(self, prepared, indices) -> DetectionDataset:
+        if getattr(prepared, "boxes", None) is None:
+            raise ValueError(f"{prepared.task} data has no boxes for detection")
+        return DetectionDataset(prepared.images, prepared.boxes, indices)
+
+    def predict(self, model: nn.Module, loader):
+        """Yield (cache indices, [{"boxes", "scores"}] on CPU, targets)."""
+        return predict(model, loader, self.device, self.channels)
+
+    def evaluator(self, ids: list):
+        return make_evaluate(self.device, ids, self.channels)
+
+    def examples(self, model: nn.Module, prepared, idx: list[int]) -> dict:
+        images = torch.from_numpy(np.stack([np.asarray(prepared.images[i]) for i in idx]))
+        targets = [{"boxes": torch.as_tensor(np.asarray(prepared.boxes[i]).reshape(-1, 4))} for i in idx]
+        _, preds, _ = next(self.predict(model, [(images, targets, torch.as_tensor(idx))]))
+        keep = [p["scores"] >= self.EXAMPLE_MIN_SCORE for p in preds]
+        boxes = [
+            {
+                "target": np.asarray(prepared.boxes[i]).reshape(-1, 4).tolist(),
+                "pred": p["boxes"][k].tolist(),
+                "scores": p["scores"][k].tolist(),
+            }
+            for i, p, k in zip(idx, preds, keep)
+        ]
+        return {
+            "kind": np.array("detection"),
+            "ids": np.array([prepared.ids[i] for i in idx]),
+            "images": images.numpy(),
+            "boxes": np.array(json.dumps(boxes)),
+        }
+
+    @staticmethod
+    def to_original(pred: dict, orig_size: tuple[int, int], image_size: int) -> dict:
+        """Boxes at the cache size -> xyxy in the original image's pixels (x by width, y by height)."""
+        h, w = orig_size
+        scale = np.array([w, h, w, h], dtype=np.float64) / image_size
+        boxes = np.asarray(pred["boxes"], dtype=np.float64).reshape(-1, 4) * scale
+        return {"boxes": boxes, "scores": np.asarray(pred["scores"], dtype=np.float64)}
+
+    @staticmethod
+    def new_metrics() -> DetMetrics:
+        return DetMetrics()
+
+    @staticmethod
+    def empty(entry: dict) -> dict:
+        return {"boxes": np.zeros((0, 4)), "scores": np.zeros((0,))}

@@ -1,0 +1,142 @@
+"""Segmentation: the mask head, its models (smp U-Net, linear probe), loss, predictions, metrics.
+
+Owns :class:`SegmentationHead` (the ``"mask"`` output kind of :mod:`bench.models.heads`),
+:func:`build_segmenter` (a registry encoder inside an smp U-Net, or
+:class:`LinearSegmenter` for ``linear``), the loss step and the evaluation.
+
+Loss is BCE + soft Dice (MONAI's ``DiceLoss``) on logits. Evaluation thresholds
+sigmoid probabilities at 0.5 at the cache resolution and scores every image once
+with :class:`bench.metrics.SegMetrics`. Predictions for a Kaggle-format submission
+are upsampled to each image's original size before thresholding and RLE encoding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.metrics.segmentation import THRESHOLD, SegMetrics
+from bench.models.datasets import Normalize, SegmentationDataset
+from bench.models.device import autocast
+from bench.models.protocols import ProtocolModel, load_into
+
+
+class LinearSegmenter(nn.Module):
+    """Linear probe for segmentation: 1x1 conv on C5, bilinear upsampling to the input size."""
+
+    def __init__(self, encoder: nn.Module, classes: int = 1):
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Conv2d(encoder.out_channels[-1], classes, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c5 = self.encoder(x)[-1]
+        return F.interpolate(self.head(c5), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def build_segmenter(encoder: nn.Module, arch: str, protocol: str, in_channels: int) -> ProtocolModel:
+    """U-Net (frozen/finetune) or linear head (linear) around a registry ResNet's weights."""
+    import segmentation_models_pytorch as smp
+
+    unet = smp.Unet(encoder_name=arch, encoder_weights=None, in_channels=in_channels, classes=1)
+    load_into(unet.encoder, encoder.state_dict())
+    model = LinearSegmenter(unet.encoder) if protocol == "linear" else unet
+    return ProtocolModel(model, protocol)
+
+
+def make_loss_step(normalize: Normalize, channels_last: bool = False):
+    from monai.losses import DiceLoss
+
+    dice_loss = DiceLoss(sigmoid=True)
+
+    def loss_step(model: nn.Module, batch, device: torch.device) -> torch.Tensor:
+        images, masks, _ = batch
+        x = normalize(images.to(device, non_blocking=True))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = masks.to(device, non_blocking=True).unsqueeze(1).float()
+        logits = model(x)
+        logits = logits.float()
+        return F.binary_cross_entropy_with_logits(logits, y) + dice_loss(logits, y)
+
+    return loss_step
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, loader, normalize: Normalize, device: torch.device):
+    """Yield (cache indices, probabilities (N,H,W) float32 on CPU, masks) batch by batch."""
+    model.eval()
+    for images, masks, idx in loader:
+        x = normalize(images.to(device, non_blocking=True))
+        with autocast(device):
+            logits = model(x)
+        probs = torch.sigmoid(logits.float())[:, 0].cpu()
+        yield idx.tolist(), probs, masks
+
+
+def make_evaluate(normalize: Normalize, device: torch.device, ids: list[str]):
+    """Return ``evaluate(model, loader) -> metrics dict`` scoring each image exactly once."""
+
+    def evaluate(model: nn.Module, loader) -> dict:
+        metrics = SegMetrics()
+        for idx, probs, masks in predict_probs(model, loader, normalize, device):
+            metrics.update(probs, masks, [ids[i] for i in idx])
+        return metrics.compute()
+
+    return evaluate
+
+
+class SegmentationHead:
+    """The ``"mask"`` output: U-Net or linear probe, BCE + Dice, per-image Dice metrics."""
+
+    kind = "mask"
+    collate = None
+
+    def __init__(self, cfg, winfo: dict, device: torch.device):
+        self.cfg, self.device = cfg, device
+        self.channels = winfo["in_channels"]
+        self.normalize = Normalize(winfo["mean"], winfo["std"], self.channels)
+        self.loss_step = make_loss_step(self.normalize, device.type == "cuda")
+
+    def build(self, encoder: nn.Module) -> ProtocolModel:
+        return build_segmenter(encoder, self.cfg.arch, self.cfg.protocol, self.channels)
+
+    def dataset(self, prepared, indices) -> SegmentationDataset:
+        if prepared.masks is None:
+            raise ValueError(f"{prepared.task} data has no masks for segmentation")
+        return SegmentationDataset(prepared.images, prepared.masks, indices)
+
+    def predict(self, model: nn.Module, loader):
+        """Yield (cache indices, probabilities (N, H, W) on CPU, target masks)."""
+        return predict_probs(model, loader, self.normalize, self.device)
+
+    def evaluator(self, ids: list[str]):
+        return make_evaluate(self.normalize, self.device, ids)
+
+    def examples(self, model: nn.Module, prepared, idx: list[int]) -> dict:
+        images = torch.from_numpy(np.stack([np.asarray(prepared.images[i]) for i in idx]))
+        masks = torch.from_numpy(np.stack([np.asarray(prepared.masks[i]) for i in idx]))
+        _, probs, _ = next(self.predict(model, [(images, masks, torch.as_tensor(idx))]))
+        return {
+            "kind": np.array("segmentation"),
+            "ids": np.array([prepared.ids[i] for i in idx]),
+            "images": images.numpy(),
+            "targets": masks.numpy(),
+            "predictions": (probs.numpy() > THRESHOLD).astype(np.uint8),
+        }
+
+    @staticmethod
+    def to_original(probs: torch.Tensor, orig_size: tuple[int, int], image_size: int) -> np.ndarray:
+        """Probabilities at the cache size -> bool mask at the original (height, width)."""
+        full = F.interpolate(probs[None, None], size=tuple(orig_size), mode="bilinear", align_corners=False)
+        return (full[0, 0] > THRESHOLD).numpy()
+
+    @staticmethod
+    def new_metrics() -> SegMetrics:
+        return SegMetrics()
+
+    @staticmethod
+    def empty(entry: dict) -> np.ndarray:
+        return np.zeros((entry["height"], entry["width"]), dtype=bool)

@@ -1,0 +1,100 @@
+"""File plumbing every layer shares: the one atomic write and the one sha256.
+
+Owns: :func:`atomic_write` (write through a temporary file in the same folder, fsync,
+``os.replace``; a reader sees the old file or the new one, never half of one) and its
+text / JSON / copy forms, :func:`json_safe` (NaN/inf -> null, numpy scalars -> Python)
+and :func:`sha256_file`.
+
+This module imports nothing of the project, so ``tasks/`` and ``weights_registry/``
+use it too without depending on the rest of ``bench``. Files are created with the
+user's umask (``tempfile.mkstemp`` alone would leave them 0600).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *, binary: bool = False) -> Path:
+    """Create or replace ``path`` with what ``write(f)`` writes to an open temporary file.
+
+    The temporary file lives beside ``path`` (same file system, so the final
+    ``os.replace`` is atomic) and is removed if ``write`` raises or the process is
+    interrupted before the replace.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda f: f.write(text))
+
+
+def json_safe(obj):
+    """JSON-safe copy: NaN/inf become None (JSON has no NaN), numpy scalars become Python."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> Path:
+    """``obj`` as indented JSON (through :func:`json_safe`), written atomically."""
+
+    def write(f):
+        json.dump(json_safe(obj), f, indent=2, sort_keys=False)
+        f.write("\n")
+
+    return atomic_write(path, write)
+
+
+def copy_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Copy ``src`` to ``dst`` atomically (the copy appears whole or not at all)."""
+
+    def write(f):
+        with open(src, "rb") as s:
+            shutil.copyfileobj(s, f)
+
+    return atomic_write(dst, write, binary=True)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

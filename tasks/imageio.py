@@ -1,0 +1,245 @@
+"""Image I/O: DICOM and PNG reading, DICOM writing (for synthetic data), resizing.
+
+Owns :func:`read_dicom_with_header` (uncompressed, JPEG Baseline, RLE Lossless,
+MONOCHROME1 inversion, the modality LUT; any failure a ``DicomReadError`` naming the
+file), :func:`read_dicom_header` (header only), :func:`read_png` (PNG re-exports),
+:func:`write_dicom` (a real Secondary Capture DICOM, plain or compressed) and
+:func:`resize_image` / :func:`resize_mask` (the cache's fixed size).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pydicom.encaps
+import pydicom.pixels
+from PIL import Image
+
+from tasks.errors import DicomReadError
+
+
+def read_dicom_with_header(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
+    """Decode one DICOM to uint8 (H, W) and return it with its header summary.
+
+    MONOCHROME1 is inverted on the stored values, then the modality LUT
+    (RescaleSlope/Intercept) is applied. Values already in [0, 255] are kept (rounded);
+    anything else is min-max scaled per image to [0, 255].
+    """
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as e:  # pydicom raises many types for broken files
+        raise DicomReadError(f"{path}: not a readable DICOM file ({e})") from e
+    header = _header(ds, path)
+    if "PixelData" not in ds:
+        raise DicomReadError(f"{path}: DICOM has no pixel data")
+    try:
+        raw = ds.pixel_array
+    except Exception as e:
+        raise DicomReadError(
+            f"{path}: cannot decode pixel data (transfer syntax {header['transfer_syntax']}): {e}"
+        ) from e
+    if raw.ndim != 2:
+        raise DicomReadError(
+            f"{path}: expected a single-frame grayscale image, got pixel array of shape {raw.shape}"
+        )
+    if header["photometric"] == "MONOCHROME1":
+        raw = _invert(raw, ds)
+    try:
+        values = pydicom.pixels.apply_modality_lut(raw, ds)
+    except Exception as e:
+        raise DicomReadError(f"{path}: cannot apply modality LUT: {e}") from e
+    return _to_uint8(np.asarray(values)), header
+
+
+def read_dicom(path: str | os.PathLike) -> np.ndarray:
+    """Decode one DICOM to a uint8 (H, W) array; raises DataError on any failure."""
+    return read_dicom_with_header(path)[0]
+
+
+def read_dicom_header(path: str | os.PathLike) -> dict:
+    """Header summary without touching pixel data: rows, columns, patient_id,
+    photometric, transfer_syntax."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as e:
+        raise DicomReadError(f"{path}: not a readable DICOM file ({e})") from e
+    return _header(ds, path)
+
+
+def _header(ds, path) -> dict:
+    rows, cols = ds.get("Rows"), ds.get("Columns")
+    if not rows or not cols:
+        raise DicomReadError(f"{path}: DICOM header has no Rows/Columns (truncated?)")
+    meta = getattr(ds, "file_meta", None)
+    ts = meta.get("TransferSyntaxUID") if meta is not None else None
+    pid = ds.get("PatientID")
+    return {
+        "rows": int(rows),
+        "columns": int(cols),
+        "patient_id": str(pid).strip() if pid is not None else None,
+        "photometric": str(ds.get("PhotometricInterpretation", "")).strip(),
+        "transfer_syntax": str(ts) if ts else None,
+    }
+
+
+def read_png(path: str | os.PathLike) -> np.ndarray:
+    """A grayscale uint8 image from a PNG re-export (8- or 16-bit, gray or colour;
+    16-bit values are divided by 257, so 65535 -> 255).
+
+    An unreadable file raises DicomReadError (the "one image could not be read" error
+    the cache builder skips and counts), so PNG and DICOM datasets fail the same way.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode.startswith("I;16"):  # 16-bit gray: keep the stored scale
+                return np.rint(np.asarray(im, np.float64) / 257.0).astype(np.uint8)
+            if im.mode in ("I", "F"):  # 32-bit: no declared range, stretch it
+                return _to_uint8(np.asarray(im))
+            return np.asarray(im.convert("L"), dtype=np.uint8).copy()
+    except (OSError, SyntaxError, ValueError, UnidentifiedImageError) as e:
+        raise DicomReadError(f"{path}: not a readable PNG file ({e})") from e
+
+
+def _invert(raw: np.ndarray, ds) -> np.ndarray:
+    """MONOCHROME1 -> MONOCHROME2 on stored values.
+
+    Unsigned: (2**BitsStored - 1) - raw. Signed: -1 - raw (mirror of the signed range).
+    """
+    if int(ds.get("PixelRepresentation", 0)) == 0:
+        bits = int(ds.get("BitsStored", raw.dtype.itemsize * 8))
+        return ((1 << bits) - 1) - raw.astype(np.int64)
+    return -1 - raw.astype(np.int64)
+
+
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+    values = values.astype(np.float64, copy=False)
+    lo, hi = float(values.min()), float(values.max())
+    if lo >= 0 and hi <= 255:
+        return np.rint(values).astype(np.uint8)
+    if hi == lo:
+        return np.zeros(values.shape, np.uint8)
+    return np.rint((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def write_dicom(
+    path: str | os.PathLike,
+    pixels_uint8: np.ndarray,
+    *,
+    patient_id: str,
+    sop_uid: str,
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    compression: str | None = None,
+    monochrome1: bool = False,
+    rescale: tuple[float, float] | None = None,
+) -> Path:
+    """Write a real Secondary Capture DICOM whose `read_dicom` gives back `pixels_uint8`.
+
+    compression: None (Explicit VR Little Endian), "rle" (RLE Lossless via pydicom's
+    `Dataset.compress`, which uses pylibjpeg-rle when installed, else its own encoder)
+    or "jpeg" (JPEG Baseline 8-bit via Pillow, quality 95; lossy, so reading it
+    back is close but not exact). monochrome1 stores inverted values with
+    PhotometricInterpretation MONOCHROME1. rescale=(slope, intercept) stores
+    round((pixels - intercept) / slope) with RescaleSlope/Intercept; the round trip is
+    exact when (pixels - intercept) is a multiple of slope, otherwise within slope / 2.
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import (
+        ExplicitVRLittleEndian,
+        JPEGBaseline8Bit,
+        RLELossless,
+        SecondaryCaptureImageStorage,
+        generate_uid,
+    )
+
+    pixels = np.asarray(pixels_uint8)
+    if pixels.dtype != np.uint8 or pixels.ndim != 2:
+        raise ValueError(f"write_dicom needs a 2-D uint8 array, got {pixels.dtype} {pixels.shape}")
+    stored = pixels.astype(np.float64)
+    if rescale is not None:
+        slope, intercept = rescale
+        stored = np.rint((stored - intercept) / slope)
+        if stored.min() < 0 or stored.max() > 255:
+            raise ValueError(f"rescale {rescale} puts stored values outside 0..255")
+    stored = stored.astype(np.uint8)
+    if monochrome1:
+        stored = 255 - stored
+
+    study_uid = study_uid or generate_uid(entropy_srcs=[sop_uid, "study"])
+    series_uid = series_uid or generate_uid(entropy_srcs=[sop_uid, "series"])
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.PatientID = patient_id
+    ds.PatientName = patient_id
+    ds.Modality = "CR"
+    ds.ConversionType = "WSD"
+    ds.BodyPartExamined = "CHEST"
+    ds.ImageComments = "cxrbench synthetic"
+    ds.Rows, ds.Columns = (int(v) for v in stored.shape)
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+    ds.BitsAllocated = 8
+    ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    if rescale is not None:
+        ds.RescaleSlope = f"{float(rescale[0]):g}"
+        ds.RescaleIntercept = f"{float(rescale[1]):g}"
+        ds.RescaleType = "US"
+    ds.PixelData = stored.tobytes()
+    ds["PixelData"].VR = "OB"
+
+    if compression == "rle":
+        ds.compress(RLELossless, generate_instance_uid=False)
+    elif compression == "jpeg":
+        buf = io.BytesIO()
+        Image.fromarray(stored).save(
+            buf, format="JPEG", quality=95, optimize=False, progressive=False
+        )
+        ds.PixelData = pydicom.encaps.encapsulate([buf.getvalue()])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        ds.LossyImageCompression = "01"
+        ds.LossyImageCompressionMethod = "ISO_10918_1"
+    elif compression is not None:
+        raise ValueError(f"compression must be None, 'rle' or 'jpeg', not {compression!r}")
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (H, W) -> uint8 (size, size): area averaging when shrinking, bilinear when
+    enlarging; aspect ratio is not preserved (source sizes are kept in the manifest)."""
+    if image.shape == (size, size):
+        return np.asarray(image, np.uint8)
+    shrink = image.shape[0] >= size and image.shape[1] >= size
+    resample = Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(np.asarray(image, np.uint8)).resize((size, size), resample))
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """{0,1} (H, W) -> {0,1} (size, size): area fraction (or bilinear) >= 0.5."""
+    if mask.shape == (size, size):
+        return (np.asarray(mask) > 0).astype(np.uint8)
+    shrink = mask.shape[0] >= size and mask.shape[1] >= size
+    resample = Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR
+    frac = Image.fromarray((np.asarray(mask) > 0).astype(np.float32))
+    return (np.asarray(frac.resize((size, size), resample)) >= 0.5).astype(np.uint8)

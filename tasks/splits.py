@@ -1,0 +1,277 @@
+"""Splits and label fractions (design §7), and external split files.
+
+Owns :func:`assign_splits` (deterministic train/val/test by image id, grouped by
+patient, from a sha256 of the ids alone), :func:`fraction_subset` (nested label
+fractions: 1% inside 10% inside 100%), :func:`load_split_file` (a CSV with a
+``split`` column, or a folder of train/val/test CSVs as LoVT publishes them), and
+their forms over a prepared cache (:func:`split_indices`, :func:`fraction_indices`)
+and over ground truth (:func:`ground_truth_splits`).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import os
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from tasks.cache import Prepared
+from tasks.errors import DataError
+
+SPLITS = ("train", "val", "test")
+
+SPLIT_SALT = "cxrbench-split-v1"
+
+FRACTION_SALT = "cxrbench-fraction-v1"
+
+SPLIT_ID_COLUMNS = ("ImageId", "image_id", "patientId", "dicom_id", "id")
+
+_SPLIT_NAMES = {
+    "train": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+}
+
+
+def _hash_unit(salt: str, value: str) -> float:
+    """Map `salt + value` to [0, 1) with sha256 (53 bits, exact in a float)."""
+    digest = hashlib.sha256((salt + value).encode("utf-8")).hexdigest()
+    return int(digest[:13], 16) / float(16**13)
+
+
+def assign_splits(
+    ids: Iterable[str],
+    groups: Mapping[str, str | None] | None = None,
+    ratios: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    salt: str = SPLIT_SALT,
+) -> dict[str, str]:
+    """Deterministic train/val/test assignment by image id, grouped by patient.
+
+    Each group (patient id; the image id itself when missing/empty) gets
+    u = sha256(salt + group) mapped to [0, 1); u < r_train -> train, u < r_train + r_val
+    -> val, else test. Nothing depends on input order, machine or library versions.
+
+    Non-empty guarantee: order groups by u; the splits are then three consecutive runs.
+    When there are enough groups (>= 3, or >= the number of splits with a positive
+    ratio) and a split with a positive ratio came out empty, the run boundaries are
+    nudged so it gets the group(s) next to its boundary, i.e. those with the extreme u
+    values (e.g. an empty test takes the group with the largest u). This only ever
+    happens on tiny datasets.
+    """
+    ratios = tuple(float(r) for r in ratios)
+    if len(ratios) != 3 or min(ratios) < 0 or sum(ratios) <= 0:
+        raise ValueError(f"ratios must be three non-negative numbers, got {ratios}")
+    total = sum(ratios)
+    cut1, cut2 = ratios[0] / total, (ratios[0] + ratios[1]) / total
+
+    ids = list(dict.fromkeys(str(i) for i in ids))
+    group_of = {i: _group(i, groups) for i in ids}
+    ordered = sorted(set(group_of.values()), key=lambda g: (_hash_unit(salt, g), g))
+    n = len(ordered)
+    units = [_hash_unit(salt, g) for g in ordered]
+    b1 = sum(u < cut1 for u in units)
+    b2 = sum(u < cut2 for u in units)
+    need = [1 if r > 0 else 0 for r in ratios]
+    if n >= max(3, sum(need)):
+        b1 = min(max(b1, need[0]), n - need[1] - need[2])
+        b2 = min(max(b2, b1 + need[1]), n - need[2])
+    split_of_group = {}
+    for rank, g in enumerate(ordered):
+        split_of_group[g] = "train" if rank < b1 else "val" if rank < b2 else "test"
+    return {i: split_of_group[group_of[i]] for i in ids}
+
+
+def _group(image_id: str, groups: Mapping[str, str | None] | None) -> str:
+    g = groups.get(image_id) if groups is not None else None
+    g = "" if g is None else str(g).strip()
+    return g or image_id
+
+
+def fraction_subset(
+    train_ids: Iterable[str], fraction: float, salt: str = FRACTION_SALT
+) -> list[str]:
+    """Nested label fraction of the training ids.
+
+    Ids are ordered by sha256(salt + id) and the first max(1, ceil(fraction * n)) are
+    taken, so every smaller fraction is a prefix of every larger one (1% in 10% in
+    100%). `fraction * n` is rounded to 9 decimals first so 0.07 * 100 gives 7, not 8.
+    """
+    try:
+        fraction = float(fraction)
+    except (TypeError, ValueError):
+        raise ValueError(f"label fraction must be a number in (0, 1], got {fraction!r}") from None
+    if not (0 < fraction <= 1):
+        raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
+    ordered = sorted(
+        dict.fromkeys(str(i) for i in train_ids), key=lambda i: (_hash_unit(salt, i), i)
+    )
+    if not ordered:
+        return []
+    k = max(1, math.ceil(round(fraction * len(ordered), 9)))
+    return ordered[:k]
+
+
+def load_split_file(path: str | os.PathLike, ids: Iterable[str]) -> dict[str, str]:
+    """Import an external split: returns {id: "train"|"val"|"test"} for listed ids.
+
+    Accepts (a) one CSV with an id column (one of SPLIT_ID_COLUMNS) and a `split` column
+    (train / val / valid / validation / test), or (b) a directory holding train.csv,
+    val.csv (or validation.csv / valid.csv) and test.csv, each with an id column (LoVT's
+    layout). Repeated rows for one id in the same split are fine (per-mask CSVs).
+    Ids unknown to `ids` or listed in two splits raise DataError. Data ids the file
+    does not list are simply absent from the result.
+    """
+    path = Path(path)
+    known = set(ids)
+    if path.is_dir():
+        assigned: dict[str, str] = {}
+        where: dict[str, Path] = {}
+        for split, names in (
+            ("train", ("train.csv",)),
+            ("val", ("val.csv", "validation.csv", "valid.csv")),
+            ("test", ("test.csv",)),
+        ):
+            found = [path / nm for nm in names if (path / nm).is_file()]
+            if not found:
+                raise DataError(
+                    f"{path}: split directory must contain train.csv, val.csv (or "
+                    f"validation.csv) and test.csv; missing {names[0]}"
+                )
+            csv_path = found[0]
+            header, rows = _read_csv_rows(csv_path)
+            id_col = _id_column(csv_path, header)
+            for line, row in rows:
+                image_id = row[id_col].strip()
+                if not image_id:
+                    continue
+                if assigned.get(image_id, split) != split:
+                    raise DataError(
+                        f"{csv_path}: line {line}: id {image_id} is also listed in "
+                        f"{where[image_id]} ({assigned[image_id]})"
+                    )
+                assigned[image_id] = split
+                where[image_id] = csv_path
+    elif path.is_file():
+        header, rows = _read_csv_rows(path)
+        id_col = _id_column(path, header)
+        if "split" not in header:
+            raise DataError(
+                f"{path}: split CSV needs a 'split' column next to the id column; "
+                f"columns found: {header}"
+            )
+        s_col = header.index("split")
+        assigned = {}
+        for line, row in rows:
+            image_id = row[id_col].strip()
+            if not image_id:
+                continue
+            value = row[s_col].strip().lower()
+            if value not in _SPLIT_NAMES:
+                raise DataError(
+                    f"{path}: line {line}: split {row[s_col]!r} for {image_id} is not one of "
+                    f"{sorted(_SPLIT_NAMES)}"
+                )
+            split = _SPLIT_NAMES[value]
+            if assigned.get(image_id, split) != split:
+                raise DataError(
+                    f"{path}: line {line}: id {image_id} is in two splits "
+                    f"({assigned[image_id]} and {split})"
+                )
+            assigned[image_id] = split
+    else:
+        raise DataError(
+            f"{path}: split file not found (expected a CSV with an id and a 'split' column, "
+            f"or a directory with train.csv, val.csv, test.csv)"
+        )
+    unknown = sorted(i for i in assigned if i not in known)
+    if unknown:
+        raise DataError(
+            f"{path}: {len(unknown)} id(s) in the split file are not in the dataset, "
+            f"e.g. {unknown[:10]}"
+        )
+    return assigned
+
+
+def _read_csv_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Header (stripped names) and (line number, row) pairs; header is line 1."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = [h.strip() for h in next(reader, [])]
+            rows = []
+            for row in reader:
+                if not row or all(not c.strip() for c in row):
+                    continue
+                if len(row) < len(header):
+                    row = row + [""] * (len(header) - len(row))
+                rows.append((reader.line_num, row))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path}: cannot read CSV ({e})") from e
+    return header, rows
+
+
+def _id_column(path: Path, header: list[str]) -> int:
+    for name in SPLIT_ID_COLUMNS:
+        if name in header:
+            return header.index(name)
+    raise DataError(
+        f"{path}: no id column; expected one of {list(SPLIT_ID_COLUMNS)}, found {header}"
+    )
+
+
+def ground_truth_splits(
+    gt: Mapping[str, dict], split_file=None, ratios: tuple[float, float, float] = (0.7, 0.15, 0.15)
+) -> dict[str, str]:
+    """{image id: split} for a task's ground-truth entries (each with a ``patient_id``):
+    the split `split_indices` gives the same ids, or the one of an external split file."""
+    if split_file is not None:
+        return load_split_file(split_file, list(gt))
+    return assign_splits(list(gt), {i: e["patient_id"] for i, e in gt.items()}, ratios)
+
+
+def split_indices(
+    prepared: Prepared,
+    split_file: str | os.PathLike | None = None,
+    ratios: tuple[float, float, float] = (0.7, 0.15, 0.15),
+) -> dict[str, list[int]]:
+    """Cache indices per split ("train", "val", "test"), ascending (cache order).
+
+    Without split_file: `assign_splits` over the image ids grouped by patient. With one:
+    its assignment; images it does not list are left out (with a warning). Ids it lists
+    that were skipped as corrupt during preparation are dropped with a warning.
+    """
+    if split_file is None:
+        assignment = assign_splits(prepared.ids, dict(zip(prepared.ids, prepared.groups)), ratios)
+    else:
+        skipped = [s["id"] for s in prepared.manifest.get("skipped_corrupt", [])]
+        assignment = load_split_file(split_file, [*prepared.ids, *skipped])
+        dropped = sorted(set(assignment) & set(skipped))
+        if dropped:
+            warnings.warn(
+                f"{split_file}: {len(dropped)} listed id(s) were skipped as corrupt: {dropped[:10]}",
+                stacklevel=2,
+            )
+        unlisted = sum(i not in assignment for i in prepared.ids)
+        if unlisted:
+            warnings.warn(
+                f"{split_file}: {unlisted} prepared image(s) are not in the split file and are excluded",
+                stacklevel=2,
+            )
+    out: dict[str, list[int]] = {s: [] for s in SPLITS}
+    for index, image_id in enumerate(prepared.ids):
+        split = assignment.get(image_id)
+        if split is not None:
+            out[split].append(index)
+    return out
+
+
+def fraction_indices(prepared: Prepared, train_idx: Iterable[int], fraction: float) -> list[int]:
+    """The nested label fraction of the given train indices, ascending."""
+    train_idx = list(train_idx)
+    by_id = {prepared.ids[i]: i for i in train_idx}
+    return sorted(by_id[i] for i in fraction_subset(list(by_id), fraction))
