@@ -12,7 +12,12 @@ import textwrap
 from .catalogue import InitEntry, get_entry, list_inits
 from .fetch import cache_path, is_cached, weights_dir
 
-_TASKS = ("siim", "rsna")
+
+def _tasks() -> tuple[str, ...]:
+    """The registered downstream tasks (``tasks.task_names``)."""
+    from tasks import task_names
+
+    return task_names()
 
 
 def _fmt_floats(values: tuple[float, ...]) -> str:
@@ -79,7 +84,8 @@ def describe(name: str) -> str:
         f"normalization:  mean {_fmt_floats(e.mean)}, std {_fmt_floats(e.std)} (inputs in [0, 1])"
     )
     out.append(f"pretrained on:  {', '.join(e.pretrained_on) or '-'}")
-    leak = [t for t in _TASKS if t in e.seen_tasks] + [t for t in e.seen_tasks if t not in _TASKS]
+    known = _tasks()
+    leak = [t for t in known if t in e.seen_tasks] + [t for t in e.seen_tasks if t not in known]
     if leak:
         out.append(
             f"leakage:        saw the images of {', '.join(leak)}: results on them are flagged"
@@ -87,9 +93,9 @@ def describe(name: str) -> str:
     elif e.user_checkpoint and not e.pretrained_on:
         out.append("leakage:        unknown (depends on the data your checkpoint was trained on)")
     elif e.user_checkpoint:
-        out.append("leakage:        none known for siim, rsna (for the authors' weights)")
+        out.append(f"leakage:        none known for {', '.join(known)} (for the authors' weights)")
     else:
-        out.append("leakage:        none known for siim, rsna")
+        out.append(f"leakage:        none known for {', '.join(known)}")
     if e.homepage:
         out.append(f"homepage:       {e.homepage}")
     if e.source_kind == "none":

@@ -28,24 +28,34 @@ BANNER = (
 )
 
 
+def synth_once(task: str, root: Path, *, n: int, seed: int, size: int, progress: bool = True) -> Path:
+    """``root`` holding the task's synthetic data, generated unless already there.
+
+    Generated into a temporary sibling folder and renamed into place, so an
+    interrupted generation never leaves a half-written dataset behind.
+    """
+    root = Path(root)
+    if root.exists():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        print(f"Generating a synthetic {task} dataset (n={n}, seed={seed}) into {root} ...", file=sys.stderr)
+        get_task(task).synth(tmp, n=n, seed=seed, size=size, progress=progress)
+        os.replace(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root
+
+
 def builtin_synthetic_root(task: str, progress: bool = True) -> Path:
     """The built-in synthetic dataset of a task, generated on first use."""
     from tasks.cache import cache_root
 
     s = BUILTIN_SYNTH
     root = cache_root() / "synthetic" / f"{task}-n{s['n']}-seed{s['seed']}-size{s['size']}"
-    if root.exists():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
-        print(f"Generating the built-in synthetic {task} dataset into {root} ...", file=sys.stderr)
-        get_task(task).synth(tmp, n=s["n"], seed=s["seed"], size=s["size"], progress=progress)
-        os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return root
+    return synth_once(task, root, n=s["n"], seed=s["seed"], size=s["size"], progress=progress)
 
 
 def resolve_data_root(task: str, data_root: str | None, progress: bool = True) -> tuple[Path, bool]:
