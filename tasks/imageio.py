@@ -150,15 +150,23 @@ def write_dicom(
     round((pixels - intercept) / slope) with RescaleSlope/Intercept; the round trip is
     exact when (pixels - intercept) is a multiple of slope, otherwise within slope / 2.
     """
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import (
-        ExplicitVRLittleEndian,
-        JPEGBaseline8Bit,
-        RLELossless,
-        SecondaryCaptureImageStorage,
-        generate_uid,
-    )
+    stored = _stored_values(pixels_uint8, rescale, monochrome1)
+    ds = _secondary_capture(stored, patient_id, sop_uid, study_uid, series_uid, monochrome1)
+    if rescale is not None:
+        ds.RescaleSlope = f"{float(rescale[0]):g}"
+        ds.RescaleIntercept = f"{float(rescale[1]):g}"
+        ds.RescaleType = "US"
+    ds.PixelData = stored.tobytes()
+    ds["PixelData"].VR = "OB"
+    _compress(ds, stored, compression)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
 
+
+def _stored_values(pixels_uint8, rescale, monochrome1: bool) -> np.ndarray:
+    """The uint8 values to store so that reading them back gives `pixels_uint8`."""
     pixels = np.asarray(pixels_uint8)
     if pixels.dtype != np.uint8 or pixels.ndim != 2:
         raise ValueError(f"write_dicom needs a 2-D uint8 array, got {pixels.dtype} {pixels.shape}")
@@ -171,6 +179,15 @@ def write_dicom(
     stored = stored.astype(np.uint8)
     if monochrome1:
         stored = 255 - stored
+    return stored
+
+
+def _secondary_capture(
+    stored: np.ndarray, patient_id: str, sop_uid: str, study_uid, series_uid, monochrome1: bool
+):
+    """A Secondary Capture dataset (uncompressed transfer syntax) for 8-bit `stored` pixels."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
     study_uid = study_uid or generate_uid(entropy_srcs=[sop_uid, "study"])
     series_uid = series_uid or generate_uid(entropy_srcs=[sop_uid, "series"])
@@ -197,12 +214,12 @@ def write_dicom(
     ds.BitsStored = 8
     ds.HighBit = 7
     ds.PixelRepresentation = 0
-    if rescale is not None:
-        ds.RescaleSlope = f"{float(rescale[0]):g}"
-        ds.RescaleIntercept = f"{float(rescale[1]):g}"
-        ds.RescaleType = "US"
-    ds.PixelData = stored.tobytes()
-    ds["PixelData"].VR = "OB"
+    return ds
+
+
+def _compress(ds, stored: np.ndarray, compression: str | None) -> None:
+    """Re-encode the pixel data in place: None, "rle" (RLE Lossless) or "jpeg" (Baseline)."""
+    from pydicom.uid import JPEGBaseline8Bit, RLELossless
 
     if compression == "rle":
         ds.compress(RLELossless, generate_instance_uid=False)
@@ -218,11 +235,6 @@ def write_dicom(
         ds.LossyImageCompressionMethod = "ISO_10918_1"
     elif compression is not None:
         raise ValueError(f"compression must be None, 'rle' or 'jpeg', not {compression!r}")
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:

@@ -10,7 +10,6 @@ and over ground truth (:func:`ground_truth_splits`).
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import math
 import os
@@ -19,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from tasks.cache import Prepared
+from tasks.csvfile import CsvTable, read_csv
 from tasks.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -127,67 +127,16 @@ def load_split_file(path: str | os.PathLike, ids: Iterable[str]) -> dict[str, st
     does not list are simply absent from the result.
     """
     path = Path(path)
-    known = set(ids)
     if path.is_dir():
-        assigned: dict[str, str] = {}
-        where: dict[str, Path] = {}
-        for split, names in (
-            ("train", ("train.csv",)),
-            ("val", ("val.csv", "validation.csv", "valid.csv")),
-            ("test", ("test.csv",)),
-        ):
-            found = [path / nm for nm in names if (path / nm).is_file()]
-            if not found:
-                raise DataError(
-                    f"{path}: split directory must contain train.csv, val.csv (or "
-                    f"validation.csv) and test.csv; missing {names[0]}"
-                )
-            csv_path = found[0]
-            header, rows = _read_csv_rows(csv_path)
-            id_col = _id_column(csv_path, header)
-            for line, row in rows:
-                image_id = row[id_col].strip()
-                if not image_id:
-                    continue
-                if assigned.get(image_id, split) != split:
-                    raise DataError(
-                        f"{csv_path}: line {line}: id {image_id} is also listed in "
-                        f"{where[image_id]} ({assigned[image_id]})"
-                    )
-                assigned[image_id] = split
-                where[image_id] = csv_path
+        assigned = _split_directory(path)
     elif path.is_file():
-        header, rows = _read_csv_rows(path)
-        id_col = _id_column(path, header)
-        if "split" not in header:
-            raise DataError(
-                f"{path}: split CSV needs a 'split' column next to the id column; "
-                f"columns found: {header}"
-            )
-        s_col = header.index("split")
-        assigned = {}
-        for line, row in rows:
-            image_id = row[id_col].strip()
-            if not image_id:
-                continue
-            value = row[s_col].strip().lower()
-            if value not in _SPLIT_NAMES:
-                raise DataError(
-                    f"{path}: line {line}: split {row[s_col]!r} for {image_id} is not one of "
-                    f"{sorted(_SPLIT_NAMES)}"
-                )
-            split = _SPLIT_NAMES[value]
-            if assigned.get(image_id, split) != split:
-                raise DataError(
-                    f"{path}: line {line}: id {image_id} is in two splits "
-                    f"({assigned[image_id]} and {split})"
-                )
-            assigned[image_id] = split
+        assigned = _split_csv(path)
     else:
         raise DataError(
             f"{path}: split file not found (expected a CSV with an id and a 'split' column, "
             f"or a directory with train.csv, val.csv, test.csv)"
         )
+    known = set(ids)
     unknown = sorted(i for i in assigned if i not in known)
     if unknown:
         raise DataError(
@@ -197,30 +146,85 @@ def load_split_file(path: str | os.PathLike, ids: Iterable[str]) -> dict[str, st
     return assigned
 
 
-def _read_csv_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """Header (stripped names) and (line number, row) pairs; header is line 1."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            header = [h.strip() for h in next(reader, [])]
-            rows = []
-            for row in reader:
-                if not row or all(not c.strip() for c in row):
-                    continue
-                if len(row) < len(header):
-                    row = row + [""] * (len(header) - len(row))
-                rows.append((reader.line_num, row))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"{path}: cannot read CSV ({e})") from e
-    return header, rows
+def _split_directory(path: Path) -> dict[str, str]:
+    """{id: split} from a folder of train / val / test CSVs (LoVT's layout)."""
+    assigned: dict[str, str] = {}
+    where: dict[str, Path] = {}
+    for split, names in (
+        ("train", ("train.csv",)),
+        ("val", ("val.csv", "validation.csv", "valid.csv")),
+        ("test", ("test.csv",)),
+    ):
+        found = [path / nm for nm in names if (path / nm).is_file()]
+        if not found:
+            raise DataError(
+                f"{path}: split directory must contain train.csv, val.csv (or "
+                f"validation.csv) and test.csv; missing {names[0]}"
+            )
+        table = _read_split_csv(found[0])
+        id_col = _id_column(table)
+        for line, row in table.rows:
+            image_id = row[id_col].strip()
+            if not image_id:
+                continue
+            if assigned.get(image_id, split) != split:
+                raise DataError(
+                    f"{table.path}: line {line}: id {image_id} is also listed in "
+                    f"{where[image_id]} ({assigned[image_id]})"
+                )
+            assigned[image_id] = split
+            where[image_id] = table.path
+    return assigned
 
 
-def _id_column(path: Path, header: list[str]) -> int:
+def _split_csv(path: Path) -> dict[str, str]:
+    """{id: split} from one CSV with an id column and a ``split`` column."""
+    table = _read_split_csv(path)
+    id_col = _id_column(table)
+    if "split" not in table.header:
+        raise DataError(
+            f"{path}: split CSV needs a 'split' column next to the id column; "
+            f"columns found: {table.header}"
+        )
+    assigned: dict[str, str] = {}
+    for line, row in table.rows:
+        image_id = row[id_col].strip()
+        if not image_id:
+            continue
+        value = row["split"].strip().lower()
+        if value not in _SPLIT_NAMES:
+            raise DataError(
+                f"{path}: line {line}: split {row['split']!r} for {image_id} is not one of "
+                f"{sorted(_SPLIT_NAMES)}"
+            )
+        split = _SPLIT_NAMES[value]
+        if assigned.get(image_id, split) != split:
+            raise DataError(
+                f"{path}: line {line}: id {image_id} is in two splits "
+                f"({assigned[image_id]} and {split})"
+            )
+        assigned[image_id] = split
+    return assigned
+
+
+def _read_split_csv(path: Path) -> CsvTable:
+    """A split CSV through the checked reader; short rows are padded (ids may stand alone)."""
+    return read_csv(
+        path,
+        what="split CSV",
+        expected_header=f"<id>[,split] with <id> one of {','.join(SPLIT_ID_COLUMNS)}",
+        short_rows="pad",
+    )
+
+
+def _id_column(table: CsvTable) -> str:
+    """The first of SPLIT_ID_COLUMNS the table has."""
     for name in SPLIT_ID_COLUMNS:
-        if name in header:
-            return header.index(name)
+        if name in table.header:
+            return name
     raise DataError(
-        f"{path}: no id column; expected one of {list(SPLIT_ID_COLUMNS)}, found {header}"
+        f"{table.path}: no id column; expected one of {list(SPLIT_ID_COLUMNS)}, "
+        f"found {table.header}"
     )
 
 

@@ -1,4 +1,5 @@
-"""Tests for tasks.common: DICOM I/O, splits, label fractions, split files, the cache."""
+"""Tests for the shared data layer: tasks.imageio, tasks.splits (splits, label fractions, split
+files), tasks.csvfile, tasks.cache and tasks.synthetic."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pydicom.uid import (
 
 from tasks import cache as tcache
 from tasks import imageio, splits, synthetic
+from tasks.csvfile import read_csv
 from tasks.errors import DataError, DicomReadError
 
 
@@ -283,6 +285,46 @@ def test_load_split_file_directory(tmp_path):
         splits.load_split_file(tmp_path / "nope.csv", ["a"])
 
 
+# --------------------------------------------------------------------------- CSV reader
+
+
+def test_read_csv_header_lines_and_blank_rows(tmp_path):
+    f = tmp_path / "labels.csv"
+    f.write_bytes("\ufeffImageId, EncodedPixels\na, -1\n\n , \nb, 1 2\n".encode())
+    table = read_csv(f, ("ImageId", "EncodedPixels"))
+    assert table.header == ["ImageId", "EncodedPixels"]
+    assert table.rows == [(2, {"ImageId": "a", "EncodedPixels": " -1"}),
+                          (5, {"ImageId": "b", "EncodedPixels": " 1 2"})]  # fmt: skip
+    assert table.column("ImageId") == ["a", "b"]
+    missing = r"labels.csv: line 1: wrong columns: .*'x'\] \(header 'ImageId,x'\).*missing \['x'\]"
+    with pytest.raises(DataError, match=missing):
+        read_csv(f, ("ImageId", "x"), expected_header="ImageId,x")
+    with pytest.raises(DataError, match="label CSV not found"):
+        read_csv(tmp_path / "nope.csv", what="label CSV")
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(DataError, match="empty.csv: empty CSV"):
+        read_csv(tmp_path / "empty.csv", ("ImageId",))
+
+
+def test_read_csv_short_rows(tmp_path):
+    f = tmp_path / "t.csv"
+    f.write_text("id,value,note\na,1,x\nb,2\nc\n")
+    with pytest.raises(DataError, match=r"t.csv: line 3: expected 3 fields, got 2"):
+        read_csv(f, ("id", "value"))
+    with pytest.raises(DataError, match=r"t.csv: line 3: id b: expected 3 fields, got 2"):
+        read_csv(f, ("id", "value"), id_column="id")
+    padded = read_csv(f, ("id", "value"), short_rows="pad")
+    assert [r for _, r in padded.rows][1:] == [{"id": "b", "value": "2", "note": ""},
+                                               {"id": "c", "value": "", "note": ""}]  # fmt: skip
+    # pad_optional: "note" may be left out, the required "value" may not
+    with pytest.raises(DataError, match=r"line 4: id c: expected 3 fields, got 1"):
+        read_csv(f, ("id", "value"), short_rows="pad_optional", id_column="id")
+    f.write_text("id,value,note\na,1,x\nb,2\n")
+    assert len(read_csv(f, ("id", "value"), short_rows="pad_optional").rows) == 2
+    with pytest.raises(ValueError, match="short_rows"):
+        read_csv(f, short_rows="drop")
+
+
 # --------------------------------------------------------------------------- cache
 
 
@@ -391,6 +433,47 @@ def test_split_and_fraction_indices(tmp_path, cache):
         warnings.simplefilter("always")
         assert splits.split_indices(prep, split_csv) == {"train": [0, 6], "val": [1], "test": [5]}
     assert any("8 prepared image(s)" in str(w.message) for w in caught)
+
+
+def test_synthetic_case_plan():
+    rng = np.random.default_rng(0)
+    storage = synthetic.assign_storage(rng, 40)
+    assert {k for k, _ in synthetic.STORAGE} | {"plain"} == set(storage)
+    assert list(synthetic.assign_storage(np.random.default_rng(0), 3)).count("plain") == 0
+    negative, two = synthetic.assign_cases(np.random.default_rng(1), 30, 10, 0.2)
+    assert negative.sum() == 10 and two.sum() == 4 and not (negative & two).any()
+    case = np.random.default_rng(2)
+    assert synthetic.lesion_sides(case, True, False) == []
+    assert synthetic.lesion_sides(case, False, True) == [-1, 1]
+    assert synthetic.lesion_sides(case, False, False) in ([-1], [1])
+    uids = synthetic.kaggle_uids("8323329.1.1517875123", 500)
+    assert uids["sop_uid"].endswith(".500") and uids["series_uid"].endswith(".498")
+    img = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    fitted = synthetic.fit_storage(img, "rescale")
+    assert fitted.min() >= 4 and not (fitted % 2).any()
+    assert synthetic.fit_storage(img, "jpeg") is img
+    image, regions = synthetic.render_chest(np.random.default_rng(3), 32, [1])
+    assert image.dtype == np.uint8 and image.shape == (32, 32) and len(regions) == 1
+
+
+def test_task_modules_use_no_private_helpers_of_other_modules():
+    """Shared pieces live in the shared modules (e.g. the renderer in tasks.synthetic)."""
+    import ast
+
+    import tasks
+
+    root = Path(tasks.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{path}: imports {private} from {node.module}"
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                if node.value.id in ("siim", "rsna", "cache", "splits", "synthetic", "imageio"):
+                    assert not node.attr.startswith("_"), f"{path}:{node.lineno}: {node.value.id}.{node.attr}"
+    rsna_sources = "".join(p.read_text() for p in (root / "rsna").glob("*.py"))
+    assert "tasks.siim" not in rsna_sources and "import siim" not in rsna_sources
 
 
 def test_is_synthetic(tmp_path):

@@ -15,6 +15,7 @@ from bench.util import sha256_file
 from tasks import cache as tcache
 from tasks import imageio, rsna, siim, splits, synthetic
 from tasks.errors import DataError
+from tasks.rsna.generator import Opacities
 
 SIZE, N, SEED = 96, 48, 5
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
@@ -140,9 +141,9 @@ def test_synth_deterministic_separate_and_learnable():
     # the same scene rendered with and without the opacities (same random stream): the
     # difference is zero outside the boxes and large in their cores
     for k, sides in enumerate([[-1], [1], [-1, 1], [1], [-1]]):
-        lesion, ghost = rsna._Opacities(sides), rsna._Opacities(sides)
-        with_op, _ = siim._render(np.random.default_rng(k), size, [], lesion=lesion)
-        without, _ = siim._render(
+        lesion, ghost = Opacities(sides), Opacities(sides)
+        with_op, _ = synthetic.render_chest(np.random.default_rng(k), size, [], lesion=lesion)
+        without, _ = synthetic.render_chest(
             np.random.default_rng(k),
             size,
             [],

@@ -102,6 +102,51 @@ def _per_arch(value: Any, archs: tuple[str, ...], what: str, name: str) -> dict[
     return {a: value for a in archs}
 
 
+def _input_spec(name: str, raw: Mapping) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
+    """(in_channels, mean, std) of an entry, checked: one finite mean and positive std per channel."""
+    in_channels = raw["in_channels"]
+    if not isinstance(in_channels, int) or in_channels < 1:
+        raise CatalogueError(f"{name}: in_channels must be a positive int, got {in_channels!r}")
+    mean = tuple(float(x) for x in raw["mean"])
+    std = tuple(float(x) for x in raw["std"])
+    if len(mean) != in_channels or len(std) != in_channels:
+        raise CatalogueError(
+            f"{name}: mean and std need one value per input channel ({in_channels}), "
+            f"got {len(mean)} and {len(std)}"
+        )
+    if not all(math.isfinite(s) and s > 0 for s in std) or not all(math.isfinite(m) for m in mean):
+        raise CatalogueError(
+            f"{name}: std must be positive and mean finite, got mean={mean} std={std}"
+        )
+
+    return in_channels, mean, std
+
+
+def _sources(name: str, src: Mapping, archs: tuple[str, ...]) -> dict[str, SourceFile]:
+    """The download of each arch: url, file name, sha256 and/or hash prefix, checked."""
+    sources: dict[str, SourceFile] = {}
+    urls = _per_arch(src["url"], archs, "url", name)
+    files = _per_arch(src.get("file"), archs, "file", name)
+    shas = _per_arch(src.get("sha256"), archs, "sha256", name)
+    prefixes = _per_arch(src.get("hash_prefix"), archs, "hash_prefix", name)
+    for arch in archs:
+        url = urls[arch]
+        if not url:
+            raise CatalogueError(f"{name}: no url for {arch}")
+        file = files[arch] or url.rsplit("/", 1)[-1]
+        sha, prefix = shas[arch], prefixes[arch]
+        if sha is not None and not (len(sha) == 64 and _HEX.match(sha)):
+            raise CatalogueError(f"{name}: sha256 for {arch} must be 64 lowercase hex digits")
+        if prefix is not None and not (_HEX.match(str(prefix)) and str(prefix) in file):
+            raise CatalogueError(
+                f"{name}: hash_prefix {prefix!r} must be hex and part of {file!r}"
+            )
+        sources[arch] = SourceFile(
+            url=url, file=file, sha256=sha, hash_prefix=prefix and str(prefix)
+        )
+    return sources
+
+
 def _parse_entry(name: str, raw: Any) -> InitEntry:
     if not isinstance(raw, Mapping):
         raise CatalogueError(f"{name}: entry must be a mapping, got {type(raw).__name__}")
@@ -119,20 +164,7 @@ def _parse_entry(name: str, raw: Any) -> InitEntry:
     if raw["format"] not in ADAPTERS:
         raise CatalogueError(f"{name}: unknown format {raw['format']!r}; known: {sorted(ADAPTERS)}")
 
-    in_channels = raw["in_channels"]
-    if not isinstance(in_channels, int) or in_channels < 1:
-        raise CatalogueError(f"{name}: in_channels must be a positive int, got {in_channels!r}")
-    mean = tuple(float(x) for x in raw["mean"])
-    std = tuple(float(x) for x in raw["std"])
-    if len(mean) != in_channels or len(std) != in_channels:
-        raise CatalogueError(
-            f"{name}: mean and std need one value per input channel ({in_channels}), "
-            f"got {len(mean)} and {len(std)}"
-        )
-    if not all(math.isfinite(s) and s > 0 for s in std) or not all(math.isfinite(m) for m in mean):
-        raise CatalogueError(
-            f"{name}: std must be positive and mean finite, got mean={mean} std={std}"
-        )
+    in_channels, mean, std = _input_spec(name, raw)
 
     seen = tuple(str(t).lower() for t in raw["seen_tasks"] or ())
     user = bool(raw.get("user_checkpoint", False))
@@ -146,25 +178,7 @@ def _parse_entry(name: str, raw: Any) -> InitEntry:
     if src.get("url") is not None:
         if user:
             raise CatalogueError(f"{name}: a user_checkpoint entry has no download url")
-        urls = _per_arch(src["url"], archs, "url", name)
-        files = _per_arch(src.get("file"), archs, "file", name)
-        shas = _per_arch(src.get("sha256"), archs, "sha256", name)
-        prefixes = _per_arch(src.get("hash_prefix"), archs, "hash_prefix", name)
-        for arch in archs:
-            url = urls[arch]
-            if not url:
-                raise CatalogueError(f"{name}: no url for {arch}")
-            file = files[arch] or url.rsplit("/", 1)[-1]
-            sha, prefix = shas[arch], prefixes[arch]
-            if sha is not None and not (len(sha) == 64 and _HEX.match(sha)):
-                raise CatalogueError(f"{name}: sha256 for {arch} must be 64 lowercase hex digits")
-            if prefix is not None and not (_HEX.match(str(prefix)) and str(prefix) in file):
-                raise CatalogueError(
-                    f"{name}: hash_prefix {prefix!r} must be hex and part of {file!r}"
-                )
-            sources[arch] = SourceFile(
-                url=url, file=file, sha256=sha, hash_prefix=prefix and str(prefix)
-            )
+        sources = _sources(name, src, archs)
     elif raw["format"] != "none" and not user:
         raise CatalogueError(
             f"{name}: an entry with weights needs source.url or user_checkpoint: true"

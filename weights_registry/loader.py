@@ -23,7 +23,7 @@ from torch import nn
 from torchvision.models import ResNet
 
 from .adapters import ADAPTERS, Adapted, detect_format, strip_prefix
-from .catalogue import ARCHS, CHECKPOINT_SUFFIXES, InitEntry, get_entry, init_names, list_inits
+from .catalogue import ARCHS, CHECKPOINT_SUFFIXES, InitEntry, get_entry, init_names
 from .errors import (
     CheckpointMismatchError,
     HashMismatchError,
@@ -32,9 +32,8 @@ from .errors import (
     WeightsError,
 )
 from .fetch import _no_download_message, fetch_verified, sha256_file, verify_file
+from .normalization import family_normalization, override_normalization
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CONTAINER_KEYS = ("state_dict", "model", "module", "model_state", "model_state_dict", "net")
 _SHOW = 10
 
@@ -216,26 +215,6 @@ def _mismatch_message(
     return "\n".join(lines)
 
 
-def _family_normalization(fmt: str, in_channels: int) -> tuple[list[float], list[float], str]:
-    """Normalization for a checkpoint path: from the catalogue entry of its layout, else ImageNet."""
-    if fmt not in ("plain", "lightning", "prefix"):
-        for entry in list_inits():
-            if entry.format == fmt and entry.in_channels == in_channels:
-                return (
-                    list(entry.mean),
-                    list(entry.std),
-                    f"catalogue entry {entry.name!r} (same layout)",
-                )
-    if in_channels == 3:
-        mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
-    else:
-        mean, std = (
-            [round(sum(IMAGENET_MEAN) / 3, 3)] * in_channels,
-            [round(sum(IMAGENET_STD) / 3, 3)] * in_channels,
-        )
-    return mean, std, "ImageNet default (a checkpoint path does not say how it was normalized)"
-
-
 def _resolve_init(init: str | os.PathLike | InitEntry) -> tuple[InitEntry | None, Path | None]:
     if isinstance(init, InitEntry):
         return init, None
@@ -256,29 +235,18 @@ def _resolve_init(init: str | os.PathLike | InitEntry) -> tuple[InitEntry | None
     raise AssertionError("unreachable")
 
 
-def _random_info(entry: InitEntry, arch: str) -> dict[str, Any]:
+def _load_info(**fields: Any) -> dict[str, Any]:
+    """The run record's ``weights`` section: every key, with "nothing loaded" defaults."""
     info = {
-        "init": entry.name,
-        "arch": arch,
-        "source": "none",
-        "file": None,
-        "sha256": None,
-        "sha256_verified": None,
-        "format": "none",
-        "prefix": None,
-        "tensors_loaded": 0,
-        "tensors_expected": 0,
-        "missing": [],
-        "unexpected": [],
-        "shape_mismatched": [],
-        "ignored": [],
-        "partial": False,
-        "in_channels": entry.in_channels,
-        "mean": list(entry.mean),
-        "std": list(entry.std),
-        "normalization": f"catalogue entry {entry.name!r}",
-    }
-    return {**info, **_provenance(entry)}
+        "init": None, "arch": None, "source": "none", "file": None, "sha256": None,
+        "sha256_verified": None, "format": "none", "prefix": None, "tensors_loaded": 0,
+        "tensors_expected": 0, "missing": [], "unexpected": [], "shape_mismatched": [],
+        "ignored": [], "partial": False, "in_channels": None, "mean": None, "std": None,
+        "normalization": None,
+    }  # fmt: skip
+    unknown = set(fields) - set(info)
+    assert not unknown, unknown
+    return {**info, **fields}
 
 
 def _locate(
@@ -343,8 +311,10 @@ def load_encoder(
     if entry is not None and not entry.has_weights:
         if checkpoint is not None or prefix is not None:
             raise WeightsError(f"{entry.name!r} loads no weights; it takes no checkpoint or prefix")
-        info = _random_info(entry, arch)
-        return build_resnet(arch, entry.in_channels), _override_normalization(info, mean, std)
+        info = _load_info(init=entry.name, arch=arch, in_channels=entry.in_channels, mean=list(entry.mean),
+                          std=list(entry.std), normalization=f"catalogue entry {entry.name!r}")  # fmt: skip
+        info.update(_provenance(entry))
+        return build_resnet(arch, entry.in_channels), override_normalization(info, mean, std)
     if entry is not None:
         init_name, fmt, in_channels = entry.name, entry.format, entry.in_channels
         path, sha, verified, source = _locate(entry, arch, checkpoint, offline)
@@ -355,15 +325,7 @@ def load_encoder(
 
     raw_sd = unwrap_state_dict(read_checkpoint(path, trust_checkpoint=trust_checkpoint))
     model = build_resnet(arch)
-    expected = set(encoder_keys(model))
-    if prefix is not None:
-        fmt = "prefix"
-        adapted = strip_prefix(raw_sd, _normalize_prefix(prefix))
-    elif fmt == "auto":
-        fmt, adapted, _ = detect_format(raw_sd, expected)
-    else:
-        adapted = ADAPTERS[fmt](raw_sd, expected)
-
+    fmt, adapted = _adapt(raw_sd, set(encoder_keys(model)), fmt, prefix)
     if in_channels is None:
         conv1 = adapted.state_dict.get("conv1.weight")
         in_channels = int(conv1.shape[1]) if conv1 is not None and conv1.ndim == 4 else 3
@@ -372,70 +334,47 @@ def load_encoder(
         init_mean, init_std = list(entry.mean), list(entry.std)
         norm = f"catalogue entry {entry.name!r}"
     else:
-        init_mean, init_std, norm = _family_normalization(fmt, in_channels)
+        init_mean, init_std, norm = family_normalization(fmt, in_channels)
+    loaded = _load_checked(model, adapted, raw_sd, f"checkpoint {path} (format {fmt}, prefix {adapted.prefix!r})",
+                           arch, allow_partial)  # fmt: skip
+    info = _load_info(init=init_name, arch=arch, source=source, file=str(path), sha256=sha,
+                      sha256_verified=verified, format=fmt, prefix=adapted.prefix, ignored=adapted.ignored,
+                      in_channels=in_channels, mean=init_mean, std=init_std, normalization=norm,
+                      **loaded)  # fmt: skip
+    return model, override_normalization({**info, **_provenance(entry)}, mean, std)
 
+
+def _adapt(raw_sd: dict, expected: set[str], fmt: str, prefix: str | None) -> tuple[str, Adapted]:
+    """(format used, adapted state dict): an explicit prefix, auto-detection, or the entry's adapter."""
+    if prefix is not None:
+        return "prefix", strip_prefix(raw_sd, _normalize_prefix(prefix))
+    if fmt == "auto":
+        fmt, adapted, _ = detect_format(raw_sd, expected)
+        return fmt, adapted
+    return fmt, ADAPTERS[fmt](raw_sd, expected)
+
+
+def _load_checked(model: ResNet, adapted: Adapted, raw_sd: dict, what: str, arch: str,
+                  allow_partial: bool) -> dict[str, Any]:  # fmt: skip
+    """Load the matching tensors into ``model``; fail unless complete (or partial is allowed)."""
     m = _match(model, adapted.state_dict)
+    expected = set(encoder_keys(model))
     n_loaded = sum(1 for k in m["loadable"] if k in expected)
     complete = not (m["missing"] or m["unexpected"] or m["shape_mismatched"])
-    what = f"checkpoint {path} (format {fmt}, prefix {adapted.prefix!r})"
     if not complete and (not allow_partial or n_loaded == 0):
         raise CheckpointMismatchError(_mismatch_message(what, arch, m, adapted, raw_sd))
     result = model.load_state_dict(m["loadable"], strict=False)
     assert not result.unexpected_keys, result.unexpected_keys
-    partial = n_loaded < len(m["expected"])
     if not complete:
         warnings.warn(
             f"partial load of {what}: {n_loaded}/{len(m['expected'])} encoder tensors; "
             f"{len(m['missing'])} missing, {len(m['unexpected'])} unexpected, "
             f"{len(m['shape_mismatched'])} with the wrong shape keep their random init",
-            stacklevel=2,
+            stacklevel=3,
         )
-    info = {
-        "init": init_name,
-        "arch": arch,
-        "source": source,
-        "file": str(path),
-        "sha256": sha,
-        "sha256_verified": verified,
-        "format": fmt,
-        "prefix": adapted.prefix,
-        "tensors_loaded": n_loaded,
-        "tensors_expected": len(m["expected"]),
-        "missing": m["missing"],
-        "unexpected": m["unexpected"],
-        "shape_mismatched": m["shape_mismatched"],
-        "ignored": adapted.ignored,
-        "partial": partial,
-        "in_channels": in_channels,
-        "mean": init_mean,
-        "std": init_std,
-        "normalization": norm,
-    }
-    return model, _override_normalization({**info, **_provenance(entry)}, mean, std)
-
-
-def _override_normalization(info: dict, mean, std) -> dict:
-    """Apply a user's mean/std (broadcast from one value) after checking it fits the input."""
-    if mean is None and std is None:
-        return info
-    if mean is None or std is None:
-        raise WeightsError("mean and std go together (--mean and --std)")
-    channels = int(info.get("in_channels") or len(info["mean"]))
-    values = []
-    for name, v in (("mean", mean), ("std", std)):
-        v = [float(x) for x in v]
-        if len(v) == 1:
-            v = v * channels
-        if len(v) != channels:
-            raise WeightsError(
-                f"--{name} has {len(v)} values but the encoder takes {channels} input channel(s)"
-            )
-        values.append(v)
-    if not all(s > 0 for s in values[1]):
-        raise WeightsError(f"--std values must be > 0, got {values[1]}")
-    was = info.get("normalization")
-    return {**info, "mean": values[0], "std": values[1],
-            "normalization": f"given (--mean/--std; the init's own was: {was})"}  # fmt: skip
+    return {"tensors_loaded": n_loaded, "tensors_expected": len(m["expected"]), "missing": m["missing"],
+            "unexpected": m["unexpected"], "shape_mismatched": m["shape_mismatched"],
+            "partial": n_loaded < len(m["expected"])}  # fmt: skip
 
 
 def _provenance(entry: InitEntry | None) -> dict[str, Any]:

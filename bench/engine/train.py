@@ -72,6 +72,11 @@ def train_one_epoch(
     return total / max(n, 1)
 
 
+def _score(value) -> float:
+    """A validation score to maximize; missing or non-finite counts as the worst."""
+    return -math.inf if value is None or not math.isfinite(value) else value
+
+
 def fit(
     model: nn.Module,
     train_loader,
@@ -103,25 +108,17 @@ def fit(
     stale = 0
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
-        train_loss = train_one_epoch(
-            model, train_loader, loss_step, optimizer, scaler, device, epoch, progress
-        )
+        train_loss = train_one_epoch(model, train_loader, loss_step, optimizer, scaler, device, epoch, progress)
         val = evaluate(model, val_loader)
-        score = val.get(metric)
-        score = -math.inf if score is None or not math.isfinite(score) else score
+        score = _score(val.get(metric))
         improved = score > best_val
         if improved:
             best_val, best_epoch, stale = score, epoch, 0
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
         else:
             stale += 1
-        entry = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "val": val,
-            "best": improved,
-            "seconds": round(time.perf_counter() - t0, 3),
-        }
+        entry = {"epoch": epoch, "train_loss": train_loss, "val": val, "best": improved,
+                 "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
         history.append(entry)
         if on_epoch:
             on_epoch(entry)

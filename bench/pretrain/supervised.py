@@ -20,9 +20,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from bench.models.datasets import make_loader
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from weights_registry.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _labels(prepared) -> torch.Tensor:
