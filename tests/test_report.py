@@ -7,15 +7,10 @@ import pandas as pd
 import pytest
 
 from bench.cli import main
-from bench.reporting.report import (
-    aggregate,
-    cell_marks,
-    load_records,
-    make_latex,
-    make_table,
-    table_frame,
-    write_report,
-)
+from bench.reporting import write_report
+from bench.reporting.exports import make_latex, table_frame
+from bench.reporting.frame import aggregate, load_records
+from bench.reporting.tables import cell_marks, make_table
 
 T975 = {2: 12.706205, 3: 4.302653}  # scipy.stats.t.ppf(0.975, n - 1) for n = 2, 3
 
@@ -172,7 +167,7 @@ def _grid_agg():
         for (i, p, f), vs in vals.items()
         for seed, v in enumerate(vs)
     ]
-    from bench.reporting.report import records_to_frame
+    from bench.reporting.frame import records_to_frame
 
     return aggregate(records_to_frame(recs))
 
@@ -452,7 +447,7 @@ def test_mixed_primary_metrics_and_empty_dir(tmp_path):
 
 def test_figure_interval_is_clipped_to_the_metric_range():
     from bench.metrics.stats import summarize
-    from bench.reporting.report import _t_interval
+    from bench.reporting.figures import _t_interval
 
     wide = [0.05, 0.95]  # n=2: the t-interval reaches far outside [0, 1]
     s = summarize(wide)
@@ -461,3 +456,34 @@ def test_figure_interval_is_clipped_to_the_metric_range():
     narrow = [0.5, 0.52, 0.54]
     s = summarize(narrow)
     assert _t_interval(narrow) == pytest.approx((s["ci_low"], s["ci_high"]))
+
+
+def test_metric_order_and_notes_come_from_the_task_registry(tmp_path):
+    """A registered task's metrics set the column order (not alphabetical) and its
+    ``metric_notes`` are printed; nothing in bench.reporting names them."""
+    import dataclasses
+
+    from tasks import all_tasks, get_task, register, unregister
+
+    base = next(s for s in all_tasks() if set(s.outputs.values()) == {"mask"})
+    spec = dataclasses.replace(
+        base,
+        name="toy_registry_task",
+        metrics={"mask": ("zeta", "beta", "alpha")},
+        metric_notes={"zeta": "the toy primary note", "beta": "the toy beta note"},
+    )
+    register(spec)
+    try:
+        assert get_task("toy_registry_task") is spec
+        recs = [
+            _record("toy_registry_task", init, "linear", 0.1, seed, v, primary_metric="zeta",
+                    metrics={"test": {"zeta": v, "beta": v / 2, "alpha": v / 4}})
+            for init, vs in (("random", [0.5, 0.6]), ("imagenet", [0.7, 0.8]))
+            for seed, v in enumerate(vs)
+        ]  # fmt: skip
+        md = _report(tmp_path, recs)
+    finally:
+        unregister("toy_registry_task")
+    assert "- `zeta` (primary): the toy primary note" in md
+    assert "- `beta`: the toy beta note" in md
+    assert "| init | protocol | fraction | beta | alpha |" in md

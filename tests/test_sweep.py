@@ -19,14 +19,9 @@ from bench.cli import main
 from bench.engine import runner
 from bench.engine.config import RunConfig
 from bench.engine.records import read_record, record_path, write_json_atomic
-from bench.experiments.sweep import (
-    SweepError,
-    load_sweep,
-    lock_holder,
-    parse_sweep,
-    run_sweep,
-    sweep_lock,
-)
+from bench.experiments.lock import lock_holder, sweep_lock
+from bench.experiments.run import run_sweep
+from bench.experiments.sweep import SweepError, load_sweep, parse_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 

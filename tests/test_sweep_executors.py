@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 
 from bench.engine.records import read_record, record_path
-from bench.experiments.sweep import parse_sweep, run_sweep
+from bench.experiments.run import run_sweep
+from bench.experiments.sweep import parse_sweep
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("submitit")

@@ -32,7 +32,9 @@ def add_parser(sub, epilog: str) -> None:
 
 
 def main(args) -> int:
-    from bench.experiments.sweep import load_sweep, plan, run_sweep
+    from bench.experiments.plan import plan
+    from bench.experiments.run import run_sweep
+    from bench.experiments.sweep import load_sweep
 
     sweep = load_sweep(args.config)
     flags = {"workers": ("local", args.workers), "address": ("ray", args.address),

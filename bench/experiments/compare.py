@@ -1,8 +1,7 @@
-"""Regression check of a set of runs against a committed baseline (``bench compare``).
+"""Owns: the verdict of ``bench compare``: a set of runs against a committed baseline.
 
-Owns the baseline file and the verdict per cell. A cell is one (task, init, protocol,
-fraction, metric) of the report's main tables: the test primary metric summarized over
-seeds by ``bench.report.aggregate`` (no second aggregation here). Per cell:
+Cells and the baseline file are :mod:`bench.experiments.baseline`; each cell is the test
+primary metric summarized over seeds by :func:`bench.reporting.frame.aggregate`. Per cell:
 
 - ❌ ``regression``: the new mean is below the baseline mean by more than the baseline's
   95% CI half-width, or by more than ``tolerance`` (absolute) when one is given. A
@@ -17,195 +16,34 @@ seeds by ``bench.report.aggregate`` (no second aggregation here). Per cell:
 The summary is markdown (stdout, ``--summary FILE`` and, when set, appended to
 ``$GITHUB_STEP_SUMMARY``); the exit status is 1 when any cell failed, else 0.
 ``--update-baseline`` writes the baseline from the runs instead (atomically).
-
-Baseline file (JSON, ``BASELINE_FORMAT`` version ``BASELINE_VERSION``)::
-
-    {"format": "cxrbench-baseline", "version": 1,
-     "created": "2025-01-01T00:00:00+00:00",      # UTC, when it was written
-     "git_commit": "3f2c...",                     # commit(s) of the runs (env.git_commit)
-     "config": "ci",                              # sweep config name (see config_name)
-     "runs_dir": "runs/ci", "n_runs": 12,         # complete runs it was built from
-     "metric": "test primary metric (dice / map)",
-     "settings": {"arch": ["resnet18"], ...},     # distinct values, compared as notes
-     "cells": {"siim/random/linear/0.1/dice":
-                 {"task": "siim", "init": "random", "protocol": "linear",
-                  "fraction": 0.1, "metric": "dice", "mean": 0.61, "std": 0.02,
-                  "ci_low": 0.56, "ci_high": 0.66, "ci_half": 0.05, "n": 3,
-                  "seeds": [0, 1, 2]}, ...}}
-
-The cell key is for reading diffs only; the fields inside each cell are what is
-compared.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import math
 import os
 from pathlib import Path
 
-import pandas as pd
-
-from bench.engine.records import get_field, write_json_atomic
-from bench.reporting.report import GROUP, aggregate, read_records, records_to_frame
-
-BASELINE_FORMAT = "cxrbench-baseline"
-BASELINE_VERSION = 1
-STAT_KEYS = ("mean", "std", "ci_low", "ci_high", "ci_half", "n")
-# record fields whose distinct values the baseline keeps; a difference is a note
-SETTING_FIELDS = (
-    "arch",
-    "image_size",
-    "hparams.epochs",
-    "hparams.batch_size",
-    "hparams.patience",
-    "split.name",
-    "data.synthetic",
+from bench.experiments.baseline import (
+    BASELINE_FORMAT,
+    BASELINE_VERSION,
+    build_baseline,
+    cell_key,
+    cell_label,
+    cells_from_frame,
+    finite,
+    load_baseline,
+    match_key,
+    read_runs,
+    settings_of,
+    write_baseline,
 )
+
 ICONS = {"ok": "✅", "improved": "✅", "regression": "❌", "missing": "⚠", "incomplete": "⚠",
          "new": "🆕"}  # fmt: skip
 FAILING = ("regression", "missing", "incomplete")
+ORDER = ("regression", "missing", "incomplete", "improved", "ok", "new")  # of the table
 _EPS = 1e-12  # float noise allowed on top of the margin
-
-
-# ---------------------------------------------------------------- cells
-
-
-def _finite(v) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def cell_key(cell: dict) -> str:
-    """``task/init/protocol/fraction/metric``, e.g. ``siim/random/linear/0.1/dice``."""
-    return f"{cell['task']}/{cell['init']}/{cell['protocol']}/{float(cell['fraction']):g}/{cell['metric']}"
-
-
-def cell_label(cell: dict) -> str:
-    """Human name of a cell, e.g. ``siim random linear 10% dice``."""
-    return (
-        f"{cell['task']} {cell['init']} {cell['protocol']} "
-        f"{float(cell['fraction']) * 100:g}% {cell['metric']}"
-    )
-
-
-def _match_key(cell: dict) -> tuple:
-    return (str(cell["task"]), str(cell["init"]), str(cell["protocol"]),
-            round(float(cell["fraction"]), 9), str(cell["metric"]))  # fmt: skip
-
-
-def _read_runs(runs_dir: str | Path) -> tuple[list[dict], pd.DataFrame]:
-    runs_dir = Path(runs_dir)
-    if not runs_dir.is_dir():
-        raise FileNotFoundError(f"runs folder {runs_dir} does not exist")
-    records, _ = read_records(runs_dir)
-    return records, records_to_frame(records)
-
-
-def cells_from_frame(df: pd.DataFrame) -> dict[str, dict]:
-    """Baseline-style cells (key -> fields + stats + seeds) from ``report.aggregate``
-    of the complete runs in ``df`` (a ``report.load_records`` frame)."""
-    cells = {}
-    for r in aggregate(df).to_dict("records"):
-        cell = {k: r[k] for k in GROUP}
-        cell["fraction"] = float(cell["fraction"])
-        cell.update({k: _finite(r.get(k)) for k in STAT_KEYS})
-        cell["n"] = int(r.get("n") or 0)
-        cell["seeds"] = [int(s) for s in r.get("seeds", [])]
-        cells[cell_key(cell)] = cell
-    return cells
-
-
-def config_name(records: list[dict], runs_dir: str | Path) -> str:
-    """The sweep config the runs came from: ``sweep.name``, ``sweep.config`` or
-    ``config_name`` of the records when present, else the runs folder's name."""
-    names = set()
-    for rec in records:
-        for field in ("sweep.name", "sweep.config", "config_name"):
-            v = get_field(rec, field)
-            if isinstance(v, str) and v:
-                names.add(v)
-                break
-    return ", ".join(sorted(names)) if names else Path(runs_dir).resolve().name
-
-
-def _settings(records: list[dict]) -> dict[str, list]:
-    out = {}
-    for field in SETTING_FIELDS:
-        vals = {json.dumps(get_field(r, field)) for r in records if get_field(r, field) is not None}
-        if vals:
-            out[field] = [json.loads(v) for v in sorted(vals)]
-    return out
-
-
-# ---------------------------------------------------------------- baseline file
-
-
-def build_baseline(runs_dir: str | Path, config: str | None = None) -> dict:
-    """The baseline dict of the complete runs under ``runs_dir`` (see module doc)."""
-    records, df = _read_runs(runs_dir)
-    done = [r for r in records if r.get("status") == "complete"]
-    cells = cells_from_frame(df)
-    cells = {k: v for k, v in cells.items() if v["mean"] is not None}
-    if not cells:
-        raise ValueError(
-            f"no complete run with a test primary metric under {runs_dir}: "
-            "refusing to write an empty baseline"
-        )
-    commits = sorted({str(c) for r in done if (c := get_field(r, "env.git_commit"))})
-    metrics = sorted({c["metric"] for c in cells.values()})
-    return {
-        "format": BASELINE_FORMAT,
-        "version": BASELINE_VERSION,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": ", ".join(commits) or None,
-        "config": config or config_name(done, runs_dir),
-        "runs_dir": str(runs_dir),
-        "n_runs": len(done),
-        "metric": f"test primary metric ({' / '.join(metrics)})",
-        "settings": _settings(done),
-        "cells": dict(sorted(cells.items())),
-    }
-
-
-def write_baseline(runs_dir: str | Path, path: str | Path, config: str | None = None) -> dict:
-    """Build the baseline from ``runs_dir`` and write it to ``path`` atomically."""
-    baseline = build_baseline(runs_dir, config)
-    write_json_atomic(path, baseline)
-    return baseline
-
-
-def load_baseline(path: str | Path) -> dict:
-    """Read and check a baseline file; FileNotFoundError / ValueError say what is wrong."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"baseline {path} not found; create it with "
-            f"`bench compare RUNS --baseline {path} --update-baseline`"
-        )
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"baseline {path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict) or data.get("format") != BASELINE_FORMAT:
-        raise ValueError(f'{path} is not a cxrbench baseline (no "format": "{BASELINE_FORMAT}")')
-    if data.get("version") != BASELINE_VERSION:
-        raise ValueError(
-            f"baseline {path} has version {data.get('version')}; this cxrbench reads "
-            f"version {BASELINE_VERSION}"
-        )
-    cells = data.get("cells")
-    if not isinstance(cells, dict):
-        raise ValueError(f'baseline {path} has no "cells" mapping')
-    for key, cell in cells.items():
-        missing = [k for k in (*GROUP, "mean", "n") if not isinstance(cell, dict) or k not in cell]
-        if missing:
-            raise ValueError(f"baseline {path}: cell {key!r} lacks {', '.join(missing)}")
-    return data
 
 
 # ---------------------------------------------------------------- comparison
@@ -213,13 +51,13 @@ def load_baseline(path: str | Path) -> dict:
 
 def _verdict(base: dict, new: dict | None, tolerance: float | None) -> dict:
     row = {"key": cell_key(base), "cell": cell_label(base), "baseline": base, "new": new}
-    b_mean, b_half = _finite(base.get("mean")), _finite(base.get("ci_half"))
+    b_mean, b_half = finite(base.get("mean")), finite(base.get("ci_half"))
     margin = tolerance if tolerance is not None else (b_half if b_half is not None else 0.0)
     row["margin"] = margin
     row["margin_from"] = (
         "tolerance" if tolerance is not None else ("ci_half" if b_half is not None else "none")
     )
-    n_mean = None if new is None else _finite(new.get("mean"))
+    n_mean = None if new is None else finite(new.get("mean"))
     if new is None or n_mean is None or b_mean is None:
         row.update(verdict="missing", delta=None)
         return row
@@ -249,11 +87,11 @@ def compare(
     if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
         raise ValueError(f"--tolerance must be a non-negative number, got {tolerance}")
     base = baseline if isinstance(baseline, dict) else load_baseline(baseline)
-    records, df = _read_runs(runs_dir)
-    new_cells = {_match_key(c): c for c in cells_from_frame(df).values()}
+    records, df = read_runs(runs_dir)
+    new_cells = {match_key(c): c for c in cells_from_frame(df).values()}
     rows, seen = [], set()
     for cell in base["cells"].values():
-        k = _match_key(cell)
+        k = match_key(cell)
         seen.add(k)
         rows.append(_verdict(cell, new_cells.get(k), tolerance))
     for k, cell in new_cells.items():
@@ -270,7 +108,7 @@ def compare(
         if r.get("status") != "complete"
     ]
     notes = []
-    now = _settings(done)
+    now = settings_of(done)
     for field, was in (base.get("settings") or {}).items():
         if field in now and now[field] != was:
             notes.append(f"`{field}` differs: baseline {was}, runs {now[field]}")
@@ -293,18 +131,16 @@ def compare(
 def _stats_text(c: dict | None) -> str:
     if c is None:
         return "–"
-    mean, half = _finite(c.get("mean")), _finite(c.get("ci_half"))
+    mean, half = finite(c.get("mean")), finite(c.get("ci_half"))
     n = int(c.get("n") or 0)
     if mean is None:
         return f"n/a (n={n})"
     return f"{mean:.4f}" + (f" ± {half:.4f}" if half is not None else "") + f" (n={n})"
 
 
-def format_summary(result: dict, baseline_path: str | Path | None = None) -> str:
-    """Markdown summary of :func:`compare`: verdict line, failing cells by name, the
-    per-cell table (cell, baseline mean ± CI, new mean ± CI, delta, verdict), notes."""
-    c, rows = result["counts"], result["rows"]
-    failed = [r for r in rows if r["verdict"] in FAILING]
+def _head(result: dict, baseline_path: str | Path | None) -> list[str]:
+    """The verdict line, what was compared with what, and the rule."""
+    c = result["counts"]
     parts = []
     for v, word in (("regression", "regression(s)"), ("missing", "missing"),
                     ("incomplete", "incomplete"), ("improved", "improved"), ("ok", "ok"),
@@ -327,26 +163,32 @@ def format_summary(result: dict, baseline_path: str | Path | None = None) -> str
         else "by more than the baseline's 95% CI half-width (any drop when the baseline "
         "cell has a single seed)"
     )
-    lines += [
+    return lines + [
         "",
         f"A cell regresses when its new mean is below the baseline mean {rule}; cells of "
         "the baseline that are missing from the runs, or have fewer seeds, fail too.",
     ]
-    if failed:
-        lines += ["", "**Failing cells:**", ""]
-        for r in failed:
-            delta = (
-                ""
-                if r["delta"] is None
-                else f" (Δ {r['delta']:+.4f}, allowed drop {r['margin']:.4f})"
-            )
-            lines.append(f"- {ICONS[r['verdict']]} `{r['cell']}`: {r['verdict']}{delta}")
+
+
+def _failing(rows: list[dict]) -> list[str]:
+    failed = [r for r in rows if r["verdict"] in FAILING]
+    if not failed:
+        return []
+    lines = ["", "**Failing cells:**", ""]
+    for r in failed:
+        delta = (
+            "" if r["delta"] is None else f" (Δ {r['delta']:+.4f}, allowed drop {r['margin']:.4f})"
+        )
+        lines.append(f"- {ICONS[r['verdict']]} `{r['cell']}`: {r['verdict']}{delta}")
+    return lines
+
+
+def _cell_table(rows: list[dict]) -> list[str]:
     table = [
         "| cell | baseline | new | Δ | allowed drop | verdict |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    order = {v: i for i, v in enumerate(("regression", "missing", "incomplete", "improved",
-                                         "ok", "new"))}  # fmt: skip
+    order = {v: i for i, v in enumerate(ORDER)}
     for r in sorted(rows, key=lambda r: order[r["verdict"]]):
         delta = "" if r["delta"] is None else f"{r['delta']:+.4f}"
         margin = "" if r["margin"] is None else f"{r['margin']:.4f}"
@@ -356,7 +198,12 @@ def format_summary(result: dict, baseline_path: str | Path | None = None) -> str
             f"| {r['cell']} | {_stats_text(r['baseline'])} | {_stats_text(r['new'])} | "
             f"{delta} | {margin} | {ICONS[r['verdict']]} {r['verdict']} |"
         )
-    lines += ["", *table]
+    return ["", *table]
+
+
+def _tail(result: dict, baseline_path: str | Path | None) -> list[str]:
+    """Runs that did not complete, settings notes, and how to refresh the baseline."""
+    lines = []
     if result["not_complete"]:
         lines += ["", "Runs that did not complete (not in any mean):", ""]
         lines += [f"- `{rid}`: {status}" + (f" — {err[:160]}" if err else "")
@@ -374,7 +221,15 @@ def format_summary(result: dict, baseline_path: str | Path | None = None) -> str
             "If the change is intended, refresh the baseline from these runs and commit it: "
             f"`bench compare {result['runs_dir']} --baseline {baseline_path} --update-baseline`.",
         ]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def format_summary(result: dict, baseline_path: str | Path | None = None) -> str:
+    """Markdown summary of :func:`compare`: verdict line, failing cells by name, the
+    per-cell table (cell, baseline mean ± CI, new mean ± CI, delta, verdict), notes."""
+    rows = result["rows"]
+    lines = _head(result, baseline_path) + _failing(rows) + _cell_table(rows)
+    return "\n".join(lines + _tail(result, baseline_path)) + "\n"
 
 
 def _emit(text: str, summary: str | Path | None) -> None:
@@ -386,6 +241,28 @@ def _emit(text: str, summary: str | Path | None) -> None:
     if step:
         with open(step, "a") as f:
             f.write(text + "\n")
+
+
+def _update(
+    runs_dir: str | Path, baseline_path: str | Path, tolerance: float | None, config: str | None
+) -> str:
+    """Write the baseline from the runs; the text says how they compare with the old one."""
+    old = None
+    if Path(baseline_path).is_file():
+        try:
+            old = load_baseline(baseline_path)
+        except ValueError:
+            old = None
+    base = write_baseline(runs_dir, baseline_path, config)
+    text = (
+        f"## cxrbench compare: baseline updated\n\nWrote `{baseline_path}`: "
+        f"{len(base['cells'])} cell(s) from {base['n_runs']} complete run(s) in "
+        f"`{runs_dir}` (commit `{base['git_commit']}`, config `{base['config']}`).\n"
+    )
+    if old is not None:
+        previous = format_summary(compare(runs_dir, old, tolerance))
+        text += "\nThese runs against the previous baseline:\n\n" + previous.split("\n", 2)[2]
+    return text
 
 
 def run_compare(
@@ -402,22 +279,7 @@ def run_compare(
     the old one when there is one) and returns 0.
     """
     if update:
-        old = None
-        if Path(baseline_path).is_file():
-            try:
-                old = load_baseline(baseline_path)
-            except ValueError:
-                old = None
-        base = write_baseline(runs_dir, baseline_path, config)
-        text = (
-            f"## cxrbench compare: baseline updated\n\nWrote `{baseline_path}`: "
-            f"{len(base['cells'])} cell(s) from {base['n_runs']} complete run(s) in "
-            f"`{runs_dir}` (commit `{base['git_commit']}`, config `{base['config']}`).\n"
-        )
-        if old is not None:
-            previous = format_summary(compare(runs_dir, old, tolerance))
-            text += "\nThese runs against the previous baseline:\n\n" + previous.split("\n", 2)[2]
-        _emit(text, summary)
+        _emit(_update(runs_dir, baseline_path, tolerance, config), summary)
         return 0
     result = compare(runs_dir, baseline_path, tolerance)
     _emit(format_summary(result, baseline_path), summary)

@@ -1,8 +1,8 @@
-"""Where the runs of a sweep execute: ``local``, ``ray`` or ``slurm`` (``bench sweep --executor``).
+"""Owns: where the runs of a sweep execute: ``local``, ``ray`` or ``slurm`` (``--executor``).
 
 Every executor takes a list of jobs ``(RunConfig, lr_selection or None)`` and yields one
 :class:`Outcome` per job as it finishes. Each job calls :func:`run_one` wherever it
-runs, which calls :func:`bench.runner.execute`; the record is written by that process
+runs, which calls :func:`bench.engine.runner.execute`; the record is written by that process
 to ``cfg.out``, so ``ray`` and ``slurm`` need ``out`` (and the data) on a filesystem
 that every node shares, and cxrbench installed on every node.
 

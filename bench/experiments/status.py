@@ -1,4 +1,4 @@
-"""`bench status RUNS [--config SWEEP.yaml]`: what is done, running, failed and missing.
+"""Owns: `bench status RUNS [--config SWEEP.yaml]`: what is done, running, failed, missing.
 
 Reads the run records under RUNS (recursively, as ``bench report`` does) and prints the
 count per status and one table per status. With the sweep file, it also lists the runs
@@ -36,8 +36,9 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 
 def read_folder(folder: Path, stage: str) -> tuple[list[dict], list[tuple[str, str]]]:
-    """Run records under ``folder`` (``bench.report.read_records``), tagged with ``stage``."""
-    from bench.reporting.report import read_records
+    """Run records under ``folder`` (``bench.reporting.frame.read_records``), tagged with
+    ``stage``."""
+    from bench.reporting import read_records
 
     if not folder.exists():
         return [], []
@@ -47,18 +48,13 @@ def read_folder(folder: Path, stage: str) -> tuple[list[dict], list[tuple[str, s
     return [r | {"_stage": stage} for r in records], skipped
 
 
+BASE = ["run_id", "stage", "task", "init", "protocol", "fraction", "seed", "lr"]
+_IDENTITY = ("task", "init", "protocol", "fraction", "seed")  # the columns between stage, lr
+
+
 def _row(r: dict, status: str) -> list:
     lr = (r.get("lr_selection") or {}).get("chosen") or (r.get("hparams") or {}).get("lr")
-    row = [
-        r["run_id"],
-        r.get("_stage"),
-        r.get("task"),
-        r.get("init"),
-        r.get("protocol"),
-        r.get("fraction"),
-        r.get("seed"),
-        lr,
-    ]
+    row = [r["run_id"], r.get("_stage"), *(r.get(k) for k in _IDENTITY), lr]
     timing = r.get("timing") or {}
     if status == "complete":
         metric = r.get("primary_metric")
@@ -70,6 +66,11 @@ def _row(r: dict, status: str) -> list:
     return row + [str(r.get("error") or "")[:120]]
 
 
+def _missing_row(r: dict) -> list:
+    """A row of the ``missing`` table from a plan row (``bench.experiments.plan.plan``)."""
+    return [r["run_id"] or "(after lr search)", r["stage"], *(r[k] for k in _IDENTITY), r["lr"]]
+
+
 def _extra_header(status: str) -> list[str]:
     if status == "complete":
         return ["metric", "val", "test", "wall_s"]
@@ -78,9 +79,44 @@ def _extra_header(status: str) -> list[str]:
     return ["error"]
 
 
+def _read_all(runs: Path, sweep) -> tuple[list[dict], list[tuple[str, str]], list[Path]]:
+    """The records of ``runs`` and, with an lr-searching sweep, of its lr-search folder."""
+    records, skipped = read_folder(runs, "runs")
+    folders = [runs]
+    if sweep is not None and sweep.lr_search is not None:
+        lr_out = Path(sweep.lr_search.out)
+        more, more_skipped = read_folder(lr_out, "lr_search")
+        records += more
+        skipped += more_skipped
+        folders.append(lr_out)
+    return records, skipped, folders
+
+
+def _sweep_line(sweep, rows: list[dict], missing: list[dict]) -> str:
+    n_lr = sum(r["stage"] == "lr_search" for r in rows)
+    return (
+        f"sweep {sweep.source} (out {sweep.out}): {len(rows) - n_lr} runs"
+        + (f" + {n_lr} lr-search runs" if n_lr else "")
+        + f", {len(missing)} without a record"
+    )
+
+
+def _status_tables(by_status: dict[str, list[dict]]) -> list[str]:
+    lines = []
+    for status in [*ORDER, *sorted(set(by_status) - set(ORDER))]:
+        recs = by_status.get(status)
+        if not recs:
+            continue
+        rows = [_row(r, status) for r in sorted(recs, key=lambda r: (r["_stage"], r["run_id"]))]
+        lines += ["", f"{status} ({len(recs)})", _table(BASE + _extra_header(status), rows)]
+    return lines
+
+
 def status_text(runs: str | Path | None = None, config: str | Path | None = None) -> str:
     """The text ``bench status`` prints (RUNS defaults to the sweep's ``out``)."""
-    from bench.experiments.sweep import load_sweep, lock_holder, plan
+    from bench.experiments.lock import lock_holder
+    from bench.experiments.plan import plan
+    from bench.experiments.sweep import load_sweep
 
     sweep = load_sweep(config) if config else None
     if runs is None:
@@ -90,14 +126,7 @@ def status_text(runs: str | Path | None = None, config: str | Path | None = None
     runs = Path(runs)
     if sweep is None and not runs.exists():
         raise FileNotFoundError(f"no such folder: {runs}")
-    records, skipped = read_folder(runs, "runs")
-    folders = [runs]
-    if sweep is not None and sweep.lr_search is not None:
-        lr_out = Path(sweep.lr_search.out)
-        more, more_skipped = read_folder(lr_out, "lr_search")
-        records += more
-        skipped += more_skipped
-        folders.append(lr_out)
+    records, skipped, folders = _read_all(runs, sweep)
 
     by_status: dict[str, list[dict]] = {}
     for r in records:
@@ -114,39 +143,14 @@ def status_text(runs: str | Path | None = None, config: str | Path | None = None
     if sweep is not None:
         rows = plan(sweep)  # looks in the sweep's own folders
         missing = [r for r in rows if r["record"] is None]
-        n_lr = sum(r["stage"] == "lr_search" for r in rows)
-        lines.append(
-            f"sweep {sweep.source} (out {sweep.out}): {len(rows) - n_lr} runs"
-            + (f" + {n_lr} lr-search runs" if n_lr else "")
-            + f", {len(missing)} without a record"
-        )
-    summary = ", ".join(f"{s} {n}" for s, n in counts.items()) + (
-        f", missing {len(missing)}" if sweep else ""
-    )
-    lines.append(summary)
+        lines.append(_sweep_line(sweep, rows, missing))
+    summary = ", ".join(f"{s} {n}" for s, n in counts.items())
+    lines.append(summary + (f", missing {len(missing)}" if sweep else ""))
 
-    base = ["run_id", "stage", "task", "init", "protocol", "fraction", "seed", "lr"]
-    for status in [*ORDER, *sorted(set(by_status) - set(ORDER))]:
-        recs = by_status.get(status)
-        if not recs:
-            continue
-        rows = [_row(r, status) for r in sorted(recs, key=lambda r: (r["_stage"], r["run_id"]))]
-        lines += ["", f"{status} ({len(recs)})", _table(base + _extra_header(status), rows)]
+    lines += _status_tables(by_status)
     if missing:
-        rows = [
-            [
-                r["run_id"] or "(after lr search)",
-                r["stage"],
-                r["task"],
-                r["init"],
-                r["protocol"],
-                r["fraction"],
-                r["seed"],
-                r["lr"],
-            ]
-            for r in missing
-        ]
-        lines += ["", f"missing ({len(missing)})", _table(base, rows)]
+        rows = [_missing_row(r) for r in missing]
+        lines += ["", f"missing ({len(missing)})", _table(BASE, rows)]
     if skipped:
         lines += [
             "",

@@ -1,8 +1,9 @@
-"""Example predictions drawn in reports.
+"""Owns: the example-prediction figures of a report.
 
 Each run keeps a few test images with their targets and predictions in
-``<run_id>.examples.npz`` (:mod:`bench.engine.artifacts`). The report draws them for the best and the worst init of a task (mask overlays for
-segmentation, boxes for detection), so a reader can see what the numbers mean.
+``<run_id>.examples.npz`` (:mod:`bench.engine.artifacts`). The report draws them for the
+best and the worst init of a task (mask overlays for segmentation, boxes for detection),
+so a reader can see what the numbers mean.
 """
 
 from __future__ import annotations
@@ -38,10 +39,14 @@ def draw(rows: list[tuple[str, dict]], path: Path, title: str) -> Path:
                         ax.contour(mask, levels=[0.5], colors=color, linewidths=1.0)
             else:
                 b = ex["boxes"][c]
-                for (x1, y1, x2, y2) in b["target"]:
-                    ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="lime", lw=1.2))
+                for x1, y1, x2, y2 in b["target"]:
+                    ax.add_patch(
+                        Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="lime", lw=1.2)
+                    )
                 for (x1, y1, x2, y2), s in zip(b["pred"], b["scores"]):
-                    ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="red", lw=1.0))
+                    ax.add_patch(
+                        Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="red", lw=1.0)
+                    )
                     ax.text(x1, y1, f"{s:.2f}", color="red", fontsize=6, va="bottom")
             if c == 0:
                 ax.set_ylabel(label, fontsize=8)
@@ -90,7 +95,8 @@ def example_sections(records: list[dict], runs_dir: Path, out_md: Path) -> list[
             continue
         protocol, fraction = cell
         png = out_md.parent / f"{out_md.stem}_{task}_examples.png"
-        draw(rows, png, f"{task}: {protocol}, {fraction:.0%} labels, seed {min(r['seed'] for _, r in by_init[chosen[0]])}")
+        seed = min(r["seed"] for _, r in by_init[chosen[0]])
+        draw(rows, png, f"{task}: {protocol}, {fraction:.0%} labels, seed {seed}")
         sections.append(
             f"### {task}: example test predictions\n\n"
             f"Best and worst init for {protocol} at {fraction:.0%} labels (mean test metric over "
