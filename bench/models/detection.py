@@ -144,7 +144,7 @@ def build_detector(
     if protocol not in DETECTION_PROTOCOLS:
         raise ValueError(
             f"protocol {protocol!r} is not a detection protocol {DETECTION_PROTOCOLS} "
-            "(RSNA 'linear' is linear segmentation of the box masks, design §5)"
+            "(a task's 'linear' protocol trains a mask output, e.g. of its box masks, design §5)"
         )
     if encoder.conv1.in_channels != in_channels or not len(mean) == len(std) == in_channels:
         raise ValueError(
