@@ -167,15 +167,22 @@ def _load_plugins() -> None:
             raise ValueError(f"${ENV_VAR}: cannot import task module {module!r}: {e}") from e
 
 
-def task_names() -> tuple[str, ...]:
-    """Registered task names, built-in ones first, in registration order."""
+def _ordered() -> list[TaskSpec]:
+    """Built-in tasks in ``BUILTIN`` order (whatever imported them first), then the others
+    in registration order."""
     _load_plugins()
-    return tuple(_REGISTRY)
+    builtin = [m.rsplit(".", 1)[-1] for m in BUILTIN]
+    first = [_REGISTRY[n] for n in builtin if n in _REGISTRY]
+    return first + [t for n, t in _REGISTRY.items() if n not in builtin]
+
+
+def task_names() -> tuple[str, ...]:
+    """Registered task names: the built-in ones first (in ``BUILTIN`` order), then plugins."""
+    return tuple(t.name for t in _ordered())
 
 
 def all_tasks() -> tuple[TaskSpec, ...]:
-    _load_plugins()
-    return tuple(_REGISTRY.values())
+    return tuple(_ordered())
 
 
 def get_task(name: str) -> TaskSpec:
