@@ -2,8 +2,9 @@
 
 Owns: :func:`atomic_write` (write through a temporary file in the same folder, fsync,
 ``os.replace``; a reader sees the old file or the new one, never half of one) and its
-text / JSON / copy forms, :func:`json_safe` (NaN/inf -> null, numpy scalars -> Python)
-and :func:`sha256_file`.
+text / JSON / copy forms, :func:`json_safe` (NaN/inf -> null, numpy scalars -> Python),
+:func:`sha256_file` and :func:`generate_once` (a folder made in a temporary sibling and
+renamed into place, for generated data sets).
 
 This module imports nothing of the project, so ``tasks/`` and ``weights_registry/``
 use it too without depending on the rest of ``bench``. Files are created with the
@@ -98,3 +99,25 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def generate_once(root: str | os.PathLike, make: Callable[[Path], object], *, what: str = "data") -> Path:
+    """``root``, made by ``make(tmp)`` in a temporary sibling folder and renamed into place.
+
+    Nothing happens when ``root`` exists; an interrupted ``make`` leaves nothing behind.
+    """
+    import sys
+
+    root = Path(root)
+    if root.exists():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        print(f"Generating {what} into {root} ...", file=sys.stderr)
+        make(tmp)
+        os.replace(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root

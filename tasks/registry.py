@@ -2,8 +2,10 @@
 
 Owns :class:`TaskSpec` (everything the harness needs to know about a task),
 :class:`SubmissionFormat` (its Kaggle-style submission file), :class:`TaskOption` (a
-task-specific setting such as SIIM's RLE convention), :func:`register`,
-:func:`get_task` and :func:`task_names`.
+task-specific setting such as SIIM's RLE convention), :class:`MetricDef` (a task's
+name and settings for a generic metric), :func:`register`, :func:`get_task`,
+:func:`task_names` and :func:`tasks_seen_by` (the tasks whose images come from given
+public data sets).
 
 A task module declares one ``SPEC = TaskSpec(...)`` and calls ``register(SPEC)`` at
 import time (as timm's ``@register_model`` does). Built-in tasks are the modules in
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 OUTPUT_KINDS = ("mask", "boxes")
@@ -47,6 +49,20 @@ class TaskOption:
     flag: str
     help: str
     choices: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    """A reported metric that is a generic metric of a head, under the task's own name.
+
+    ``metric`` is the generic metric the head computes (e.g. the boxes head's
+    ``"iou_sweep_score"``, :mod:`bench.metrics.detection`) and ``params`` its settings
+    (for ``iou_sweep_score``: ``min_score``, the confidence a model's box needs to
+    count, as in a thresholded submission; a submission file is scored as written).
+    """
+
+    metric: str
+    params: Mapping[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -88,8 +104,13 @@ class TaskSpec:
       (H, W) mask or ``{"boxes": (M, 4) xyxy}``, original pixels.
     - ``submission``: the task's submission file (:class:`SubmissionFormat`), whose
       output kind is ``submission_kind``.
+    - ``metric_defs``: metric -> :class:`MetricDef`, for a reported metric that is a
+      head's generic metric under another name or with settings of its own.
     - ``metric_notes``: metric -> one line for reports, for metrics the heads' own
-      notes do not cover.
+      notes do not cover (or that this task's reports explain otherwise).
+    - ``image_sources``: the public data sets the task's images are drawn from (e.g. a
+      Kaggle set made of NIH ChestX-ray14 images), so that an encoder pretrained on one
+      of them counts as having seen the task (:func:`tasks_seen_by`).
     """
 
     name: str
@@ -103,8 +124,10 @@ class TaskSpec:
     submission: SubmissionFormat
     submission_kind: str
     options: tuple[TaskOption, ...] = ()
+    metric_defs: Mapping[str, MetricDef] = field(default_factory=dict)
     metric_notes: Mapping[str, str] = field(default_factory=dict)
     layout: str = ""
+    image_sources: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         missing = {"linear", "frozen", "finetune"} - set(self.outputs)
@@ -115,6 +138,12 @@ class TaskSpec:
                 raise ValueError(f"task {self.name!r}: {protocol} output {kind!r} is not one of {OUTPUT_KINDS}")
             if not self.metrics.get(kind):
                 raise ValueError(f"task {self.name!r}: no metrics declared for output {kind!r}")
+        declared = {m for ms in self.metrics.values() for m in ms}
+        undeclared = sorted(set(self.metric_defs) - declared)
+        if undeclared:
+            raise ValueError(f"task {self.name!r}: metric_defs for metric(s) {undeclared} it does not report")
+        if isinstance(self.image_sources, str):
+            raise ValueError(f"task {self.name!r}: image_sources must be a tuple of data set names")
 
     def output(self, protocol: str) -> str:
         """The output kind the protocol trains (``"mask"`` or ``"boxes"``)."""
@@ -183,6 +212,14 @@ def task_names() -> tuple[str, ...]:
 
 def all_tasks() -> tuple[TaskSpec, ...]:
     return tuple(_ordered())
+
+
+def tasks_seen_by(datasets: Iterable[str]) -> tuple[str, ...]:
+    """Names of the registered tasks (in :func:`task_names` order) whose ``image_sources``
+    include one of ``datasets`` (data set names, compared case-insensitively)."""
+    wanted = {str(d).strip().casefold() for d in datasets}
+    return tuple(t.name for t in _ordered()
+                 if any(s.strip().casefold() in wanted for s in t.image_sources))  # fmt: skip
 
 
 def get_task(name: str) -> TaskSpec:

@@ -9,6 +9,8 @@ import pytest
 _TMP = tempfile.mkdtemp(prefix="cxrbench-tests-")
 os.environ.setdefault("CXRBENCH_CACHE", os.path.join(_TMP, "cache"))
 os.environ.setdefault("CXRBENCH_WEIGHTS", os.path.join(_TMP, "weights"))
+# never the user's own catalogue of `bench pretrain` entries
+os.environ["CXRBENCH_CATALOGUE"] = os.path.join(_TMP, "catalogue.yaml")
 os.environ["CXRBENCH_OFFLINE"] = "1"
 os.environ.pop("CXRBENCH_DATA", None)
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -18,6 +20,12 @@ def pytest_sessionfinish(session, exitstatus):
     # "no tests collected" must fail, whoever runs pytest
     if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(autouse=True)
+def _user_catalogue(tmp_path, monkeypatch):
+    """Each test its own (empty) user catalogue of `bench pretrain` entries."""
+    monkeypatch.setenv("CXRBENCH_CATALOGUE", str(tmp_path / "user-catalogue.yaml"))
 
 
 @pytest.fixture

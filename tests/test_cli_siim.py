@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -136,8 +137,13 @@ def test_bad_input_exit_codes(siim_root, tmp_path, capsys):
     assert main([*base, "--init", "random", "--data-root", str(tmp_path / "missing")]) == 2
     assert "dicom-images-train" in capsys.readouterr().err
 
-    # supervised (torchxrayvision) saw SIIM: refused before any download
-    assert main([*base, "--init", "supervised", "--data-root", str(siim_root)]) == 2
+    # supervised (torchxrayvision) saw SIIM: refused before any download. (On the built-in
+    # synthetic data `supervised` is the built-in synthetic pretraining instead, so the data
+    # here is a copy that does not say it is synthetic.)
+    real_looking = tmp_path / "real-looking"
+    shutil.copytree(siim_root, real_looking)
+    (real_looking / "SYNTHETIC_DATA.txt").unlink()
+    assert main([*base, "--init", "supervised", "--data-root", str(real_looking)]) == 2
     assert "--allow-leakage" in capsys.readouterr().err
 
     # a resnet34 checkpoint with --arch resnet18 names the architecture

@@ -12,9 +12,11 @@ from bench.models.detection import (
     anchor_generator,
     build_detector,
     detection_collate,
+    iou_sweep_metrics,
     make_evaluate,
     make_loss_step,
 )
+from tasks import get_task
 
 SIZE = 64
 CPU = torch.device("cpu")
@@ -141,7 +143,7 @@ def test_evaluate_scores_every_image(detector):
     model = _detector(detector, "frozen")
     ids = [f"patient{i}" for i in range(4)]
     loader = DataLoader(_dataset(4), batch_size=3, collate_fn=detection_collate)
-    result = make_evaluate(CPU, ids)(model, loader)
+    result = make_evaluate(CPU, ids, iou_sweep=iou_sweep_metrics(get_task("rsna")))(model, loader)
     assert {"map", "map50", "map75", "rsna_score"} <= set(result)
     assert 0.0 <= result["map"] <= 1.0
     assert (result["n_images"], result["n_positive_images"], result["n_gt_boxes"]) == (4, 2, 2)

@@ -58,11 +58,11 @@ def test_expansion_counts_order_and_types():
     d = {
         "name": "t",
         "grid": {"seed": 0},
-        "settings": {"lr": "1e-3", "fraction": 1, "init": "random"},
+        "settings": {"task": "siim", "lr": "1e-3", "fraction": 1, "init": "random"},
     }
     (cfg,) = parse_sweep(d).runs
     assert cfg.lr == 0.001 and isinstance(cfg.fraction, float)
-    assert cfg.run_id == RunConfig(init="random", lr=1e-3, fraction=1.0, out="x").run_id
+    assert cfg.run_id == RunConfig(task="siim", init="random", lr=1e-3, fraction=1.0, out="x").run_id
 
 
 def test_per_task_overrides_and_init_labels():
@@ -105,7 +105,8 @@ def test_per_task_overrides_and_init_labels():
         ({"executor": {"slurm": {"partiton": "gpu"}}}, "'partiton'"),
         ({"settings": {"epochs": "three"}}, "epochs = 'three'"),
         ({"settings": {"protocol": "linear"}}, "both a grid axis and a setting"),
-        ({"grid": {"protocol": ["linear", "frozn"]}}, "unknown protocol 'frozn'"),
+        ({"grid": {"task": "siim", "protocol": ["linear", "frozn"]}}, "unknown protocol 'frozn'"),
+        ({"grid": {"protocol": ["linear"]}}, "no task: set grid.task or settings.task"),
     ],
 )
 def test_bad_sweep_files_name_the_key(tmp_path, monkeypatch, capsys, change, needle):
@@ -183,7 +184,7 @@ def lr_sweep(tmp_path, **extra) -> dict:
         "name": "lr",
         "out": str(tmp_path / "runs"),
         "grid": {"protocol": ["linear", "frozen"], "seed": [0, 1, 2]},
-        "settings": {"init": "random", "arch": "resnet18", "image_size": 64},
+        "settings": {"task": "siim", "init": "random", "arch": "resnet18", "image_size": 64},
         "lr_search": {"candidates": [1e-2, 1e-3, 1e-4], "seed": 0},
     } | extra
 
@@ -267,7 +268,7 @@ def test_resume_semantics(tmp_path, fake, capsys):
         "name": "r",
         "out": str(tmp_path / "runs"),
         "grid": {"seed": [0, 1, 2, 3, 4, 5]},
-        "settings": {"init": "random", "arch": "resnet18", "image_size": 64},
+        "settings": {"task": "siim", "init": "random", "arch": "resnet18", "image_size": 64},
     }
     path = sweep_file(tmp_path, d)
     cfgs = load_sweep(path).runs
@@ -299,7 +300,7 @@ def test_input_error_is_reported_without_a_record(tmp_path, fake, capsys):
         "name": "e",
         "out": str(tmp_path / "runs"),
         "grid": {"seed": [0, 1]},
-        "settings": {"init": "random", "protocol": "linear"},
+        "settings": {"task": "siim", "init": "random", "protocol": "linear"},
     }
     assert main(["sweep", str(sweep_file(tmp_path, d))]) == 1
     err = capsys.readouterr().err

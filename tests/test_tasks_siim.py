@@ -177,25 +177,6 @@ def test_synth_is_deterministic_and_learnable_looking():
             assert mirrored - r["image"][m].mean() > 15
 
 
-def test_synth_pretrain_is_separate(synth_data, tmp_path):
-    root, _, records = synth_data
-    out = tmp_path / "pre"
-    summary = siim.synth_pretrain(out, n=12, seed=SEED, size=32, progress=False)
-    assert synthetic.is_synthetic(out) and (out / "train-rle.csv").is_file()
-    rows = (out / "labels.csv").read_text().splitlines()
-    assert rows[0] == "ImageId,Pneumothorax" and len(rows) == 13
-    labels = dict(r.split(",") for r in rows[1:])
-    rle_pos = {
-        ln.split(",")[0] for ln in _csv_lines(out)[1:] if not siim.is_negative(ln.split(",")[1])
-    }
-    assert {i for i, v in labels.items() if v == "1"} == rle_pos
-    assert sum(v == "1" for v in labels.values()) == summary["n_positive"]
-    pre_ids = set(labels)
-    pre_patients = {r["patient_id"] for r in siim.synth_records(12, SEED, 32, "siim-pretrain")}
-    assert not pre_ids & set(records)
-    assert not pre_patients & {r["patient_id"] for r in records.values()}
-
-
 # --------------------------------------------------------------------------- prepare
 
 

@@ -1,9 +1,10 @@
 """The catalogue of initializations: reads and validates ``catalogue.yaml``.
 
 Owns the ``InitEntry`` / ``SourceFile`` dataclasses, the list of supported
-architectures, and name lookup (``list_inits``, ``get_entry``). The data itself
-lives in ``catalogue.yaml`` next to this file; nothing here knows about a
-particular initialization.
+architectures, and name lookup (``list_inits``, ``get_entry``) over the packaged
+catalogue plus the user catalogue of ``bench pretrain`` entries
+(:mod:`weights_registry.user`). The data itself lives in ``catalogue.yaml`` next to
+this file; nothing here knows about a particular initialization.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ CHECKPOINT_SUFFIXES: tuple[str, ...] = (
 
 _REQUIRED = ("description", "archs", "format", "in_channels", "mean", "std", "pretrained_on",
              "seen_tasks", "note", "citation")  # fmt: skip
-_OPTIONAL = ("source", "user_checkpoint")
+_OPTIONAL = ("source", "user_checkpoint", "pretraining")
 _SOURCE_KEYS = ("homepage", "url", "file", "sha256", "hash_prefix")
 _HEX = re.compile(r"^[0-9a-f]+$")
 
@@ -69,6 +70,10 @@ class InitEntry:
     homepage: str | None = None
     file_hint: str | None = None
     sources: Mapping[str, SourceFile] = field(default_factory=dict, hash=False)
+    # a file on this machine (entries written by `bench pretrain`): absolute path + sha256
+    local_file: SourceFile | None = None
+    # how `bench pretrain` made it (method, data, layout, epochs, ...); None for the packaged entries
+    pretraining: Mapping[str, Any] | None = field(default=None, hash=False)
 
     def source(self, arch: str) -> SourceFile | None:
         """The download source for ``arch``, or None (random, user checkpoints)."""
@@ -84,9 +89,11 @@ class InitEntry:
 
     @property
     def source_kind(self) -> str:
-        """'none' (random), 'user' (bring your own file) or 'download'."""
+        """'none' (random), 'user' (bring your own file), 'local' (a file on this machine) or 'download'."""
         if not self.has_weights:
             return "none"
+        if self.local_file is not None:
+            return "local"
         return "download" if self.downloadable else "user"
 
 
@@ -175,14 +182,21 @@ def _parse_entry(name: str, raw: Any) -> InitEntry:
         )
 
     sources: dict[str, SourceFile] = {}
+    local = None
     if src.get("url") is not None:
         if user:
             raise CatalogueError(f"{name}: a user_checkpoint entry has no download url")
         sources = _sources(name, src, archs)
+    elif raw["format"] != "none" and not user and src.get("file") is not None:
+        local = _local_file(name, src)
     elif raw["format"] != "none" and not user:
         raise CatalogueError(
-            f"{name}: an entry with weights needs source.url or user_checkpoint: true"
+            f"{name}: an entry with weights needs source.url, source.file (an absolute path "
+            "on this machine, with its sha256) or user_checkpoint: true"
         )
+    pretraining = raw.get("pretraining")
+    if pretraining is not None and not isinstance(pretraining, Mapping):
+        raise CatalogueError(f"{name}: pretraining must be a mapping")
     if raw["format"] == "none" and (src or user):
         raise CatalogueError(f"{name}: format none takes no source and no checkpoint")
 
@@ -200,9 +214,21 @@ def _parse_entry(name: str, raw: Any) -> InitEntry:
         citation=" ".join(str(raw["citation"]).split()),
         user_checkpoint=user,
         homepage=src.get("homepage"),
-        file_hint=None if sources or isinstance(src.get("file"), Mapping) else src.get("file"),
+        file_hint=None if sources or local or isinstance(src.get("file"), Mapping) else src.get("file"),
         sources=sources,
+        local_file=local,
+        pretraining=dict(pretraining) if pretraining is not None else None,
     )
+
+
+def _local_file(name: str, src: Mapping) -> SourceFile:
+    """A file on this machine: an absolute path and the full sha256 it must have."""
+    file, sha = src.get("file"), src.get("sha256")
+    if not isinstance(file, str) or not Path(file).is_absolute():
+        raise CatalogueError(f"{name}: source.file of a local entry must be an absolute path, got {file!r}")
+    if not (isinstance(sha, str) and len(sha) == 64 and _HEX.match(sha)):
+        raise CatalogueError(f"{name}: a local entry needs the file's sha256 (64 lowercase hex digits)")
+    return SourceFile(url=None, file=file, sha256=sha)
 
 
 def parse_catalogue(data: Any) -> dict[str, InitEntry]:
@@ -222,8 +248,21 @@ def read_catalogue(path: str | Path | None = None) -> dict[str, InitEntry]:
 
 
 @functools.cache
-def _catalogue() -> dict[str, InitEntry]:
+def _packaged() -> dict[str, InitEntry]:
     return read_catalogue()
+
+
+def packaged_names() -> list[str]:
+    """The names of the packaged catalogue (a user entry may not take one)."""
+    return list(_packaged())
+
+
+def _catalogue() -> dict[str, InitEntry]:
+    """The packaged entries, then the user catalogue's (re-read when its file changes)."""
+    from .user import read_user_catalogue
+
+    user = read_user_catalogue()
+    return {**_packaged(), **user}
 
 
 def list_inits() -> list[InitEntry]:

@@ -8,6 +8,7 @@ cached and whether it is there).
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 from .catalogue import InitEntry, get_entry, list_inits
 from .fetch import cache_path, is_cached, weights_dir
@@ -65,7 +66,10 @@ def table() -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append("")
+    from .user import user_catalogue_path
+
     lines.append(f"archs: resnet18/34/50. cache: {weights_dir()}")
+    lines.append(f"user catalogue (bench pretrain): {user_catalogue_path()}")
     lines.append(
         "A path to a checkpoint file (.pth, .pt, .pth.tar, .ckpt, .safetensors) is also accepted as --init."
     )
@@ -100,6 +104,14 @@ def describe(name: str) -> str:
         out.append(f"homepage:       {e.homepage}")
     if e.source_kind == "none":
         out.append("source:         none (no weights; seed the global torch RNG)")
+    elif e.source_kind == "local":
+        assert e.local_file is not None
+        there = "present" if Path(e.local_file.file).is_file() else "MISSING"
+        out.append(f"source:         {e.local_file.file} ({there})")
+        out.append(f"  sha256:       {e.local_file.sha256}")
+        for key, value in (e.pretraining or {}).items():
+            if not isinstance(value, dict | list):
+                out.append(f"  {key + ':':<13} {value}")
     elif e.source_kind == "user":
         hint = f" (usually {e.file_hint})" if e.file_hint else ""
         out.append(f"source:         your own checkpoint{hint}: --checkpoint FILE")

@@ -108,9 +108,13 @@ def verify_file(
 
 def _no_download_message(entry: InitEntry) -> str:
     hint = f" (usually named {entry.file_hint})" if entry.file_hint else ""
+    own = ""
+    if entry.name in ("simclr", "moco", "convirt", "clip", "supervised"):  # the methods of `bench pretrain`
+        own = (f"Or make one: `bench pretrain --method {entry.name} --data DIR --name {entry.name}-mydata` "
+               f"and run with --init {entry.name}-mydata. ")  # fmt: skip
     return (
         f"{entry.name!r} has no public weights to download: pass your own checkpoint file{hint} "
-        f"with --checkpoint FILE (Python: load_encoder({entry.name!r}, checkpoint=FILE)). "
+        f"with --checkpoint FILE (Python: load_encoder({entry.name!r}, checkpoint=FILE)). {own}"
         f"{entry.note}"
     )
 

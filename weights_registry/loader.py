@@ -255,6 +255,8 @@ def _locate(
     """The file for a catalogue entry: (path, sha256, verified, source)."""
     if checkpoint is None and entry.user_checkpoint:
         raise UserCheckpointRequiredError(_no_download_message(entry))
+    if checkpoint is None and entry.local_file is not None:
+        return _local(entry, arch)
     if checkpoint is None:
         if arch not in entry.archs:
             raise WeightsError(
@@ -280,6 +282,29 @@ def _locate(
                 stacklevel=3,
             )
     return path, sha, verified, str(path)
+
+
+def _local(entry: InitEntry, arch: str) -> tuple[Path, str, bool, str]:
+    """The file of a user-catalogue entry (``bench pretrain``), checked against its sha256."""
+    assert entry.local_file is not None and entry.local_file.file
+    if arch not in entry.archs:
+        raise WeightsError(f"{entry.name!r} was pretrained as {', '.join(entry.archs)}, not {arch}: "
+                           f"use --arch {entry.archs[0]}")  # fmt: skip
+    path = Path(entry.local_file.file)
+    if not path.is_file():
+        from .user import user_catalogue_path
+
+        raise WeightsError(
+            f"{entry.name!r} (user catalogue {user_catalogue_path()}) points to {path}, which does "
+            "not exist: rerun its `bench pretrain`, or remove the entry from that file"
+        )
+    sha = sha256_file(path)
+    if sha != entry.local_file.sha256:
+        raise HashMismatchError(
+            f"{path} changed since `bench pretrain` wrote it for {entry.name!r}: sha256 {sha}, the "
+            f"user catalogue says {entry.local_file.sha256}. Rerun the pretraining, or remove the entry."
+        )
+    return path, sha, True, str(path)
 
 
 def load_encoder(

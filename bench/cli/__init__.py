@@ -2,7 +2,7 @@
 
 Verbs (each module has ``HELP``, ``add_parser(sub, epilog)`` and ``main(args)``, a thin
 layer over a library function): ``run``, ``synth``, ``evaluate``, ``report``,
-``sweep``, ``status``, ``compare``, ``weights``, ``demo``. Known errors become one
+``sweep``, ``status``, ``compare``, ``weights``, ``pretrain``, ``demo``. Known errors become one
 clear line: exit code 2 for bad input (before any work), 1 for a run that started
 and failed (its record says why), 130 for Ctrl-C. ``CXRBENCH_DEBUG=1`` shows the
 traceback too.
@@ -14,9 +14,9 @@ import argparse
 import os
 import sys
 
-from bench.cli import compare, demo, evaluate, report, run, status, sweep, synth, weights
+from bench.cli import compare, demo, evaluate, pretrain, report, run, status, sweep, synth, weights
 
-VERBS = (run, synth, evaluate, report, compare, weights, demo, sweep, status)
+VERBS = (run, synth, evaluate, report, compare, weights, pretrain, demo, sweep, status)
 
 EPILOG = """\
 Data: --data-root, else $CXRBENCH_DATA/<task>, else a built-in synthetic dataset
@@ -54,6 +54,7 @@ def _input_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     from bench.engine.runner import RunFailed
+    from bench.pretrain.train import PretrainFailed
 
     try:
         parser = build_parser()
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except RunFailed as e:
+    except (RunFailed, PretrainFailed) as e:
         print(f"bench: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -28,7 +28,7 @@ DEFAULT_LR = {"linear": 1e-3, "frozen": 1e-3, "finetune": 1e-4}
 class RunConfig:
     """All settings of one `bench run`; see `bench run --help` for their meaning."""
 
-    task: str = "siim"
+    task: str  # a registered task name (tasks.task_names()); no default: bench names no task
     init: str = "imagenet"
     protocol: str = "finetune"
     fraction: float = 1.0

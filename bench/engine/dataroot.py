@@ -9,9 +9,7 @@ report, so nobody mistakes it for the real benchmark.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from tasks import get_task
@@ -34,19 +32,10 @@ def synth_once(task: str, root: Path, *, n: int, seed: int, size: int, progress:
     Generated into a temporary sibling folder and renamed into place, so an
     interrupted generation never leaves a half-written dataset behind.
     """
-    root = Path(root)
-    if root.exists():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
-        print(f"Generating a synthetic {task} dataset (n={n}, seed={seed}) into {root} ...", file=sys.stderr)
-        get_task(task).synth(tmp, n=n, seed=seed, size=size, progress=progress)
-        os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return root
+    from bench.util import generate_once
+
+    return generate_once(root, lambda tmp: get_task(task).synth(tmp, n=n, seed=seed, size=size, progress=progress),
+                         what=f"a synthetic {task} dataset (n={n}, seed={seed})")  # fmt: skip
 
 
 def builtin_synthetic_root(task: str, progress: bool = True) -> Path:

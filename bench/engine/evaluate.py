@@ -41,8 +41,8 @@ def evaluate_submission(task_name, data_root, predictions, split="test", split_f
                         **options) -> dict:  # fmt: skip
     """Metrics of a submission file on one split of the dataset at ``data_root``.
 
-    ``options`` are the task's own settings (``TaskSpec.options``, e.g. SIIM's
-    ``rle_format``); a declared option left out is ``None``.
+    ``options`` are the task's own settings (``TaskSpec.options``, e.g. an RLE
+    convention); a declared option left out is ``None``.
     """
     task = get_task(task_name)
     unknown_opts = set(options) - {o.name for o in task.options}
@@ -63,7 +63,7 @@ def evaluate_submission(task_name, data_root, predictions, split="test", split_f
             f"{data_root}: {unknown[:10]}"
         )
     head = head_class(task.submission_kind)
-    metrics = head.new_metrics()
+    metrics = head.new_metrics(task)
     missing = 0
     for image_id in sorted(selected):
         entry = gt[image_id]

@@ -9,14 +9,12 @@ whole record, never half of one.
 from __future__ import annotations
 
 import json
-import platform
-import subprocess
-from importlib import metadata
 from pathlib import Path
 
+from bench.env import env_info, git_commit
 from bench.util import write_json_atomic
 
-__all__ = ["write_json_atomic", "read_record", "record_path", "env_info", "get_field"]
+__all__ = ["write_json_atomic", "read_record", "record_path", "env_info", "git_commit", "get_field"]
 
 RECORD_VERSION = 1
 STATUSES = ("running", "complete", "failed", "nan_loss")
@@ -29,58 +27,6 @@ def read_record(path: str | Path) -> dict:
 
 def record_path(out_dir: str | Path, run_id: str) -> Path:
     return Path(out_dir) / f"{run_id}.json"
-
-
-def git_commit() -> str | None:
-    """The commit of the cxrbench checkout, or None when not run from one."""
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
-        cwd=here,
-        capture_output=True,
-        text=True,
-        timeout=5,
-    )
-    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def env_info(device: str) -> dict:
-    import torch
-
-    info = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cxrbench": _version("cxrbench"),
-        "torch": torch.__version__,
-        "torchvision": _version("torchvision"),
-        "smp": _version("segmentation-models-pytorch"),
-        "monai": _version("monai"),
-        "pydicom": _version("pydicom"),
-        "pycocotools": _version("pycocotools"),
-        "numpy": _version("numpy"),
-        "device": device,
-        "threads": torch.get_num_threads(),
-        "git_commit": git_commit(),
-    }
-    if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-        info["cuda"] = torch.version.cuda
-    return info
 
 
 def get_field(rec: dict, dotted: str, default=None):

@@ -91,7 +91,7 @@ def execute(cfg: RunConfig) -> dict:
 
     root, synthetic = resolve_data_root(cfg.task, cfg.data_root, progress=cfg.progress)
     seed_everything(cfg.seed)  # the random init and the decoder are drawn from this seed
-    encoder, winfo = load_weights(cfg)
+    encoder, winfo = load_weights(cfg, synthetic=synthetic)
     prepared = task.prepare(root, cfg.image_size, strict=cfg.strict, progress=cfg.progress,
                             **task.option_values(cfg))  # fmt: skip
     splits = split_indices(prepared, split_file=cfg.split_file)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from bench.env import seed_everything  # noqa: F401  (re-exported: bench.engine.train.seed_everything)
 from bench.models.device import autocast, grad_scaler
 
 
@@ -31,16 +32,6 @@ class NanLossError(RuntimeError):
             "(try a lower --lr; the record keeps the history up to this point)"
         )
         self.epoch, self.step, self.value = epoch, step, value
-
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def train_one_epoch(

@@ -3,7 +3,10 @@
 Owns :func:`load_weights` (``weights_registry.load_encoder`` for a run config) and
 :class:`LeakageError`: an init pretrained on the images of the downstream task is
 refused unless ``--allow-leakage`` (design §8.8); for a catalogue name the rule is
-checked before anything is downloaded.
+checked before anything is downloaded. On the built-in synthetic downstream data, a
+pretraining method's name (``simclr``, ``moco``, ``convirt``, ``clip``,
+``supervised``) without ``--checkpoint`` is that method pretrained on the built-in
+synthetic corpus (:mod:`bench.pretrain.builtin`, made once, announced loudly).
 """
 
 from __future__ import annotations
@@ -26,13 +29,31 @@ def _leakage_message(cfg: RunConfig, pretrained_on) -> str:
     )
 
 
-def load_weights(cfg: RunConfig):
+def _builtin_pretrained(cfg: RunConfig):
+    """The built-in synthetic-corpus encoder of a pretraining method, as a registry load."""
+    import weights_registry as wr
+    from bench.pretrain.builtin import builtin_encoder
+
+    path = builtin_encoder(cfg.init, cfg.arch, progress=cfg.progress)
+    encoder, info = wr.load_encoder(path, cfg.arch, mean=cfg.mean, std=cfg.std)
+    info.update(init=cfg.init, source=f"built-in synthetic pretraining ({path.parent})",
+                pretrained_on=["cxrbench synthetic pretraining corpus"], seen_tasks=[], leakage=False,
+                allow_leakage=cfg.allow_leakage)  # fmt: skip
+    return encoder, info
+
+
+def load_weights(cfg: RunConfig, *, synthetic: bool = False):
     """Registry encoder + info, with the leakage rule of design §8.8 applied.
 
-    For a catalogue name the rule is checked before anything is downloaded.
+    For a catalogue name the rule is checked before anything is downloaded. With
+    ``synthetic`` (the built-in synthetic downstream data), a pretraining method's name
+    without a checkpoint resolves to the built-in synthetic pretraining of that method.
     """
     import weights_registry as wr
+    from bench.pretrain.methods import METHOD_NAMES
 
+    if synthetic and cfg.init in METHOD_NAMES and cfg.checkpoint is None and not Path(cfg.init).exists():
+        return _builtin_pretrained(cfg)
     if not Path(cfg.init).expanduser().exists():
         entry = wr.get_entry(cfg.init)  # unknown names fail here, listing the known ones
         if wr.check_leakage(entry, cfg.task) and not cfg.allow_leakage:

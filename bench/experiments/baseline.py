@@ -13,8 +13,8 @@ Baseline file (JSON, ``BASELINE_FORMAT`` version ``BASELINE_VERSION``)::
      "runs_dir": "runs/ci", "n_runs": 12,         # complete runs it was built from
      "metric": "test primary metric (dice / map)",
      "settings": {"arch": ["resnet18"], ...},     # distinct values, compared as notes
-     "cells": {"siim/random/linear/0.1/dice":
-                 {"task": "siim", "init": "random", "protocol": "linear",
+     "cells": {"mytask/random/linear/0.1/dice":
+                 {"task": "mytask", "init": "random", "protocol": "linear",
                   "fraction": 0.1, "metric": "dice", "mean": 0.61, "std": 0.02,
                   "ci_low": 0.56, "ci_high": 0.66, "ci_half": 0.05, "n": 3,
                   "seeds": [0, 1, 2]}, ...}}
@@ -63,12 +63,12 @@ def finite(v) -> float | None:
 
 
 def cell_key(cell: dict) -> str:
-    """``task/init/protocol/fraction/metric``, e.g. ``siim/random/linear/0.1/dice``."""
+    """``task/init/protocol/fraction/metric``, e.g. ``mytask/random/linear/0.1/dice``."""
     return f"{cell['task']}/{cell['init']}/{cell['protocol']}/{float(cell['fraction']):g}/{cell['metric']}"
 
 
 def cell_label(cell: dict) -> str:
-    """Human name of a cell, e.g. ``siim random linear 10% dice``."""
+    """Human name of a cell, e.g. ``mytask random linear 10% dice``."""
     return (
         f"{cell['task']} {cell['init']} {cell['protocol']} "
         f"{float(cell['fraction']) * 100:g}% {cell['metric']}"

@@ -12,7 +12,7 @@ A benchmark is hundreds of runs (task x init x protocol x fraction x seed). YAML
     name: mybench              # default: the file name without .yaml
     out: runs/mybench          # records folder; default runs/<name>
     grid:                      # lists over any RunConfig field; the product is the sweep
-      task: [siim, rsna]       # a scalar is a one-value axis
+      task: [task_a, task_b]   # registered task names (required); a scalar is a one-value axis
       init: [random, imagenet, mymoco]
       protocol: [linear, frozen, finetune]
       fraction: [0.01, 0.1, 1.0]
@@ -23,7 +23,7 @@ A benchmark is hundreds of runs (task x init x protocol x fraction x seed). YAML
       epochs: 20
       data_root: null          # omitted/null: $CXRBENCH_DATA/<task>, else built-in synthetic
     per_task:                  # optional, per task: fields (scalars) or grid axes (lists)
-      rsna: {batch_size: 8, data_root: /data/rsna}
+      task_b: {batch_size: 8, data_root: /data/task_b}
     inits:                     # optional: grid init labels that stand for a checkpoint
       mymoco: {init: moco, checkpoint: ckpt/moco.pth, prefix: "module.encoder_q."}
     lr_search:                 # optional, LoVT: pick the lr on validation, then run the seeds
@@ -293,7 +293,12 @@ def _task_axes(grid: dict, settings: dict, over: dict, task: str) -> tuple[dict,
 
 
 def _expand(grid, settings, per_task, inits, out, source) -> list[RunConfig]:
-    tasks = grid.get("task") or [settings.get("task", RunConfig.task)]
+    tasks = grid.get("task") or ([settings["task"]] if "task" in settings else [])
+    if not tasks:
+        from tasks import task_names
+
+        raise SweepError(f"{source}: no task: set grid.task or settings.task "
+                         f"(one of {', '.join(task_names())})")  # fmt: skip
     for t in per_task:
         if t not in tasks:
             raise SweepError(f"{source}: per_task.{t}, but the sweep has no task {t!r}")

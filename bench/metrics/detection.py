@@ -1,4 +1,4 @@
-"""Detection metrics of design §6: COCO-style mAP (pycocotools) and the RSNA Kaggle score.
+"""Detection metrics of design §6: COCO-style mAP (pycocotools) and the IoU-sweep image score.
 
 Owns the box conventions and :class:`DetMetrics`, a per-image accumulator:
 
@@ -16,9 +16,12 @@ same evaluation at IoU 0.50 and 0.75. A prediction matches a target there when I
 >= t (pycocotools' convention). Special cases: no target box in the whole set makes AP
 undefined (``None``); target boxes but no prediction at all gives 0.0.
 
-``rsna_score`` is the RSNA Pneumonia Detection Challenge metric (IoU > t, every
-prediction at or above ``rsna_score_threshold``, no ``max_dets`` cut), see
-:func:`rsna_image_score`; ``None`` when no image is scored.
+``iou_sweep_score`` (:data:`IOU_SWEEP_SCORE`) is the mean over scored images of
+:func:`iou_sweep_image_score`: per image, TP/(TP+FP+FN) averaged over the same IoU
+thresholds (IoU > t), counting every prediction at or above a confidence threshold
+``min_score``, no ``max_dets`` cut; ``None`` when no image is scored. A task reports it
+under its own name and ``min_score`` (``tasks.registry.TaskSpec.metric_defs``); the
+accumulator computes one per entry of its ``iou_sweep`` argument.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +38,10 @@ IOU_THRESHOLDS = (0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75)
 RECALL_POINTS = 101
 MAX_DETS = 100
 _AREA_ALL = [0.0, 1e5**2]  # pycocotools' "all" area range
+IOU_SWEEP_SCORE = "iou_sweep_score"
+# the keys of DetMetrics.compute() besides the IoU-sweep scores
+_FIXED_KEYS = ("map", "map50", "map75", "n_images", "n_positive_images", "n_gt_boxes",
+               "n_pred_boxes")  # fmt: skip
 
 
 def xywh_to_xyxy(boxes) -> np.ndarray:
@@ -69,7 +76,7 @@ def _as_boxes(boxes) -> np.ndarray:
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU matrix (len(a), len(b)) of xyxy boxes, continuous areas (no +1 pixel).
 
-    This is the IoU of the RSNA competition's evaluation and of pycocotools.
+    This is the IoU of pycocotools and of Kaggle's box-detection evaluations.
     """
     a, b = _as_boxes(a), _as_boxes(b)
     lt = np.maximum(a[:, None, :2], b[None, :, :2])
@@ -81,15 +88,16 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
-def rsna_image_score(
+def iou_sweep_image_score(
     gt: np.ndarray,
     boxes: np.ndarray,
     scores: np.ndarray,
     thresholds: Sequence[float] = IOU_THRESHOLDS,
 ) -> float | None:
-    """The RSNA Pneumonia Challenge score of one image, ``None`` when it is not scored.
+    """The IoU-sweep TP/(TP+FP+FN) score of one image, ``None`` when it is not scored.
 
-    The exact rule (Kaggle's evaluation page, with its open points decided):
+    The exact rule (as the Kaggle evaluation page of the challenge that defined it states
+    it, with its open points decided; a task names the challenge in its metric notes):
 
     - no target box and no prediction: the image is not scored (``None``);
     - no target box and any prediction: 0.0;
@@ -129,16 +137,25 @@ class DetMetrics:
     ``update(ids, preds, targets)``: N image ids, N prediction dicts
     ``{"boxes": (K,4) xyxy, "scores": (K,)}`` and N target dicts ``{"boxes": (M,4)}``
     (numpy or torch; other keys such as ``labels`` are ignored: one category).
-    ``compute()`` returns ``map``, ``map50``, ``map75``, ``rsna_score``, ``n_images``,
-    ``n_positive_images``, ``n_gt_boxes``, ``n_pred_boxes``.
+    ``compute()`` returns ``map``, ``map50``, ``map75``, one IoU-sweep score per entry of
+    ``iou_sweep``, ``n_images``, ``n_positive_images``, ``n_gt_boxes``, ``n_pred_boxes``.
 
-    ``rsna_score_threshold`` drops predictions scoring below it for ``rsna_score``
-    only (the competition scores a thresholded submission; mAP needs every score).
+    ``iou_sweep``: ``{key: min_score}``, the IoU-sweep scores to compute, each under its
+    key, counting only predictions scoring at least ``min_score`` (a thresholded
+    submission; mAP needs every score); default one ``iou_sweep_score`` counting every
+    prediction.
     """
 
-    def __init__(self, max_dets: int = MAX_DETS, rsna_score_threshold: float = 0.0):
+    def __init__(self, max_dets: int = MAX_DETS, iou_sweep: Mapping[str, float] | None = None):
         self.max_dets = max_dets
-        self.rsna_score_threshold = rsna_score_threshold
+        sweep = {IOU_SWEEP_SCORE: 0.0} if iou_sweep is None else iou_sweep
+        self.iou_sweep = {str(name): float(t) for name, t in sweep.items()}
+        clash = sorted(set(self.iou_sweep) & set(_FIXED_KEYS))
+        if clash:
+            raise ValueError(f"IoU-sweep score name(s) {clash} clash with DetMetrics' own keys")
+        for name, t in self.iou_sweep.items():
+            if not math.isfinite(t):
+                raise ValueError(f"{name}: min_score must be finite, got {t!r}")
         self._images: dict[Hashable, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
@@ -169,27 +186,25 @@ class DetMetrics:
         n_pred = sum(len(b) for _, b, _ in self._images.values())
         return {
             **self._coco_ap(n_gt, n_pred),
-            "rsna_score": self._rsna_score(),
+            **{name: self._iou_sweep_score(t) for name, t in self.iou_sweep.items()},
             "n_images": len(self._images),
             "n_positive_images": sum(len(g) > 0 for g, _, _ in self._images.values()),
             "n_gt_boxes": n_gt,
             "n_pred_boxes": n_pred,
         }
 
-    def per_image_rsna(self) -> dict[Hashable, float | None]:
-        """{image id: RSNA score, None where the image is not scored}, in insertion order."""
-        return {
-            i: rsna_image_score(g, *self._rsna_predictions(b, s))
-            for i, (g, b, s) in self._images.items()
-        }
+    def per_image_iou_sweep(self, min_score: float = 0.0) -> dict[Hashable, float | None]:
+        """{image id: IoU-sweep score of the predictions scoring >= ``min_score``, None
+        where the image is not scored}, in insertion order."""
+        out = {}
+        for i, (gt, boxes, scores) in self._images.items():
+            keep = scores >= min_score
+            out[i] = iou_sweep_image_score(gt, boxes[keep], scores[keep])
+        return out
 
-    def _rsna_predictions(self, boxes: np.ndarray, scores: np.ndarray):
-        keep = scores >= self.rsna_score_threshold
-        return boxes[keep], scores[keep]
-
-    def _rsna_score(self) -> float | None:
+    def _iou_sweep_score(self, min_score: float) -> float | None:
         # math.fsum is correctly rounded, so the order of the images does not matter
-        scored = [s for s in self.per_image_rsna().values() if s is not None]
+        scored = [s for s in self.per_image_iou_sweep(min_score).values() if s is not None]
         return math.fsum(scored) / len(scored) if scored else None
 
     def _sorted_ids(self) -> list[Hashable]:

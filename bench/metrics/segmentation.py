@@ -1,9 +1,10 @@
 """Evaluation metrics: the numbers of design §6, computed exactly once per image.
 
-Owns segmentation metrics now (detection metrics will live here too):
+Owns the segmentation metrics (detection metrics: :mod:`bench.metrics.detection`):
 
-- ``dice_per_image``: per-image Dice of boolean masks, with the Kaggle SIIM convention
-  (empty target and empty prediction = 1, empty target and any prediction = 0).
+- ``dice_per_image``: per-image Dice of boolean masks, with the empty-mask convention of
+  Kaggle's per-image Dice (empty target and empty prediction = 1, empty target and any
+  prediction = 0).
 - ``SegMetrics``: a streaming accumulator fed batch by batch with probabilities,
   targets and image ids. It keeps integer per-image counts keyed by image id, so the
   result does not depend on batch size, batch order, shuffling or ``drop_last`` (design

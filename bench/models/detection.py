@@ -1,7 +1,7 @@
 """Detection: the boxes head, the detector around a registry ResNet, its protocol, loss, metrics.
 
 Owns :class:`DetectionHead` (the ``"boxes"`` output kind of :mod:`bench.models.heads`)
-and, for detection tasks such as RSNA pneumonia (design §5, §6):
+and, for detection tasks (design §5, §6):
 
 - :func:`build_detector`: a torchvision ``RetinaNet`` (default) or ``FasterRCNN`` whose
   backbone body *is* the registry ResNet (its modules are reused, not copied) under an
@@ -9,10 +9,11 @@ and, for detection tasks such as RSNA pneumonia (design §5, §6):
   ``FrozenBatchNorm2d``) and the protocol alone decides what trains:
   ``frozen`` = body without gradients and with BatchNorm in eval mode (via
   :class:`bench.models.ProtocolModel`), FPN and heads train; ``finetune`` = everything
-  trains. ``linear`` is not a detection protocol (RSNA linear is segmentation of the
-  box masks, design §5).
+  trains. ``linear`` is not a detection protocol (a detection task's ``linear``
+  trains a mask output, e.g. of its box masks, design §5).
 - :func:`make_loss_step`, :func:`make_evaluate`, :func:`predict`,
-  :func:`detection_collate` for :func:`bench.train.fit`.
+  :func:`detection_collate` for :func:`bench.train.fit`; :func:`iou_sweep_metrics`
+  (a task's IoU-sweep scores, ``TaskSpec.metric_defs``).
 
 Choices, all documented in code below:
 
@@ -24,16 +25,16 @@ Choices, all documented in code below:
 - Input: float images in [0, 1], C channels; the detector's internal transform
   normalizes with the initialization's mean/std and keeps the size
   (``min_size = max_size = image_size``), so it never resizes the cached images.
-- Anchors: torchvision's default sizes are made for ~800-1024 px images and RSNA
-  images are 1024 px, so the defaults are scaled by ``image_size / 1024``: the anchors
+- Anchors: torchvision's default sizes are made for ~800-1024 px images and chest
+  X-rays are ~1024 px, so the defaults are scaled by ``image_size / 1024``: the anchors
   keep the same size *relative to the image* whatever the training resolution.
   RetinaNet: 3 scales (x, x 2^(1/3), x 2^(2/3)) for x in (32, 64, 128, 256, 512)
   scaled, on P3-P7; Faster R-CNN: one size per level on P2-P6; aspect ratios
   0.5, 1, 2.
 - Inference keeps every box scoring >= 0.05 and at most 100 per image (COCO's
-  ``maxDets``), as mAP needs the low-confidence tail; ``rsna_score`` only counts
-  boxes scoring >= ``RSNA_SCORE_THRESHOLD`` (0.5), the competition scoring a
-  thresholded submission.
+  ``maxDets``), as mAP needs the low-confidence tail; an IoU-sweep score only counts
+  the boxes scoring at least the ``min_score`` its task declares
+  (:func:`iou_sweep_metrics`), as a thresholded submission would.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
-from bench.metrics.detection import DetMetrics
+from bench.metrics.detection import IOU_SWEEP_SCORE, DetMetrics
 from bench.models.datasets import DetectionDataset
 from bench.models.device import autocast
 from bench.models.protocols import ProtocolModel
@@ -57,10 +58,9 @@ from bench.models.protocols import ProtocolModel
 DETECTORS = ("retinanet", "fasterrcnn")
 DETECTION_PROTOCOLS = ("frozen", "finetune")
 FOREGROUND_LABEL = 1
-NUM_CLASSES = 2  # background/unused + pneumonia
+NUM_CLASSES = 2  # background/unused + the one foreground class
 SCORE_THRESH = 0.05
 DETECTIONS_PER_IMAGE = 100
-RSNA_SCORE_THRESHOLD = 0.5
 FPN_CHANNELS = 256
 ANCHOR_BASE = (32, 64, 128, 256, 512)  # torchvision's defaults, for 1024 px images
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
@@ -229,22 +229,43 @@ def predict(model: nn.Module, loader, device: torch.device, channels: int | None
         yield idx.tolist(), [_foreground(o) for o in outputs], targets
 
 
+def iou_sweep_metrics(spec) -> dict[str, float]:
+    """``{metric: min_score}`` of the task's boxes metrics that are IoU-sweep scores: each
+    ``TaskSpec.metric_defs`` entry of generic metric ``iou_sweep_score`` (its ``min_score``,
+    default 0), and a metric named ``iou_sweep_score`` itself (min_score 0)."""
+    out = {}
+    for name in spec.metrics.get("boxes", ()):
+        d = spec.metric_defs.get(name)
+        metric, params = (d.metric, dict(d.params)) if d else (name, {})
+        if metric != IOU_SWEEP_SCORE:
+            if d:
+                raise ValueError(f"task {spec.name!r}: metric {name!r} is {metric!r}, which the "
+                                 f"boxes head does not compute (it has {IOU_SWEEP_SCORE!r})")  # fmt: skip
+            continue
+        unknown = sorted(set(params) - {"min_score"})
+        if unknown:
+            raise ValueError(
+                f"task {spec.name!r}: metric {name!r}: unknown {metric} setting(s) {unknown}"
+            )
+        out[name] = float(params.get("min_score", 0.0))
+    return out
+
+
 def make_evaluate(
     device: torch.device,
     ids: list,
     channels: int | None = None,
-    rsna_score_threshold: float = RSNA_SCORE_THRESHOLD,
+    iou_sweep: dict[str, float] | None = None,
 ):
     """Return ``evaluate(model, loader) -> DetMetrics.compute()``, each image scored once.
 
     ``ids[i]`` is the image id of dataset index ``i``; ``channels`` defaults to the
-    model's ``in_channels``.
+    model's ``in_channels``; ``iou_sweep`` is ``DetMetrics``' (``{metric: min_score}``,
+    default one ``iou_sweep_score`` counting every box).
     """
 
     def evaluate(model: nn.Module, loader) -> dict:
-        metrics = DetMetrics(
-            max_dets=DETECTIONS_PER_IMAGE, rsna_score_threshold=rsna_score_threshold
-        )
+        metrics = DetMetrics(max_dets=DETECTIONS_PER_IMAGE, iou_sweep=iou_sweep)
         for idx, preds, targets in predict(model, loader, device, channels):
             metrics.update([ids[i] for i in idx], preds, targets)
         return metrics.compute()
@@ -288,7 +309,7 @@ class DetectionHead:
         return predict(model, loader, self.device, self.channels)
 
     def evaluator(self, ids: list):
-        return make_evaluate(self.device, ids, self.channels)
+        return make_evaluate(self.device, ids, self.channels, iou_sweep_metrics(self.cfg.spec))
 
     def examples(self, model: nn.Module, prepared, idx: list[int]) -> dict:
         images = torch.from_numpy(np.stack([np.asarray(prepared.images[i]) for i in idx]))
@@ -319,8 +340,10 @@ class DetectionHead:
         return {"boxes": boxes, "scores": np.asarray(pred["scores"], dtype=np.float64)}
 
     @staticmethod
-    def new_metrics() -> DetMetrics:
-        return DetMetrics()
+    def new_metrics(spec) -> DetMetrics:
+        """The task's metrics for a submission file: its boxes are scored as written (no
+        ``min_score`` cut: the submission's author thresholded them, as on Kaggle)."""
+        return DetMetrics(iou_sweep=dict.fromkeys(iou_sweep_metrics(spec), 0.0))
 
     @staticmethod
     def empty(entry: dict) -> dict:

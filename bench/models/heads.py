@@ -15,8 +15,8 @@ interface (as open_clip's ``task/clip_task.py`` bundles a model with its loss):
 - ``examples(model, prepared, indices) -> payload``: a few predictions for the report;
 - ``to_original(prediction, orig_size, image_size)``: a prediction in the original
   image's pixels, which the task's ``SubmissionFormat.format`` writes;
-- ``new_metrics()``, ``empty(entry)`` (static): the metric accumulator (``add(ids,
-  predictions, targets)``, ``compute()``) and an empty prediction, used by
+- ``new_metrics(spec)``, ``empty(entry)`` (static): the task's metric accumulator
+  (``add(ids, predictions, targets)``, ``compute()``) and an empty prediction, used by
   ``bench evaluate`` at original resolution.
 """
 

@@ -134,7 +134,7 @@ class SegmentationHead:
         return (full[0, 0] > THRESHOLD).numpy()
 
     @staticmethod
-    def new_metrics() -> SegMetrics:
+    def new_metrics(spec) -> SegMetrics:
         return SegMetrics()
 
     @staticmethod

@@ -58,7 +58,7 @@ def task_section(df: pd.DataFrame, task: str, out_md: Path, figures: bool = True
         f"[LaTeX]({tex_path.name}) (booktabs `tabular`).",
         "",
     ]
-    notes = metric_notes()
+    notes = metric_notes(task)
     for m in ordered(d["primary_metric"], metric_order()):
         parts.append(f"- `{m}` (primary): {notes.get(m, 'see the run records')}")
     png = out_md.with_name(f"{out_md.stem}_{slug(task)}_label_efficiency.png")

@@ -2,10 +2,9 @@
 
 The metric order and the metric notes come from the task registry (:mod:`tasks.registry`):
 the order is every registered task's ``metrics`` in registration order (deduplicated),
-the notes are :data:`GENERIC_NOTES` (metrics any task of an output kind reports) merged
-with every task's ``metric_notes``. Nothing here names a task (the generic ``dice`` note
-cites the Kaggle competition that scores with it). Names a list does not know are shown
-after the known ones, sorted.
+the notes of a task's section are :data:`GENERIC_NOTES` (metrics any task of an output
+kind reports) updated with that task's ``metric_notes``. Nothing here names a task.
+Names a list does not know are shown after the known ones, sorted.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ PROTOCOL_ORDER = ("linear", "frozen", "finetune")
 INIT_ORDER = ("random", "imagenet", "supervised", "moco", "simclr", "convirt", "clip")
 GENERIC_NOTES = {
     "dice": "mean over test images of the per-image Dice at threshold 0.5 (empty target and "
-    "empty prediction = 1, empty target and any prediction = 0): the Kaggle SIIM-ACR metric",
+    "empty prediction = 1, empty target and any prediction = 0)",
     "dice_pooled": "Dice over all pixels of all test images pooled together (LoVT's number)",
     "dice_pos": "mean per-image Dice over the test images with a non-empty target",
     "map": "COCO-style AP averaged over IoU 0.40:0.05:0.75 (101 recall points) over all "
@@ -35,14 +34,16 @@ def metric_order() -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def metric_notes() -> dict[str, str]:
-    """Metric -> one line for the report: :data:`GENERIC_NOTES`, then each registered
-    task's ``metric_notes`` in registration order (a later note for a name wins)."""
+def metric_notes(task: str | None = None) -> dict[str, str]:
+    """Metric -> one line for the report: :data:`GENERIC_NOTES` updated with the
+    ``metric_notes`` of ``task`` (none for a task not registered), or for no task with
+    those of every registered task in registration order (a later note for a name wins)."""
     from tasks import all_tasks
 
     notes = dict(GENERIC_NOTES)
     for spec in all_tasks():
-        notes.update(spec.metric_notes)
+        if task is None or spec.name == task:
+            notes.update(spec.metric_notes)
     return notes
 
 

@@ -40,8 +40,9 @@ def layout(a: pd.DataFrame) -> dict:
     """Rows, column groups and cells of one task's main table (``a``: its aggregate).
 
     Columns are (protocol, fraction, metric); a group is one (protocol, metric) pair
-    (the metric only shows in its label when the task mixes primary metrics, as RSNA
-    does: Dice for linear, mAP for frozen/finetune), holding its fractions in order.
+    (the metric only shows in its label when the task mixes primary metrics, e.g. Dice
+    for a linear mask output and mAP for frozen/finetune boxes), holding its fractions
+    in order.
     """
     metrics = ordered(a["metric"], metric_order())
     protocols = ordered(a["protocol"], PROTOCOL_ORDER)
@@ -194,7 +195,7 @@ def secondary_table(d: pd.DataFrame, task: str) -> str:
         rows.append(cells)
     title = caption(f"{task}: secondary test metrics", bool(d["synthetic"].any()))
     table = md_table(["init", "protocol", "fraction", *metrics], rows)
-    known = metric_notes()
+    known = metric_notes(task)
     notes = [f"- `{m}`: {known[m]}" for m in metrics if m in known]
     return "\n".join([title, "", table, "", *notes])
 

@@ -90,6 +90,8 @@ SPEC = registry.register(
         outputs={"linear": "mask", "frozen": "boxes", "finetune": "boxes"},
         metrics={"mask": ("dice", "dice_pooled", "dice_pos"),
                  "boxes": ("map", "map50", "map75", "rsna_score")},
+        # the competition scored thresholded submissions: a model's boxes count from 0.5
+        metric_defs={"rsna_score": registry.MetricDef("iou_sweep_score", {"min_score": 0.5})},
         metric_notes={"rsna_score": "the Kaggle RSNA Pneumonia metric (per image and IoU "
                       "threshold TP/(TP+FP+FN), averaged over thresholds then images)"},
         prepare=prepare,
@@ -105,5 +107,7 @@ SPEC = registry.register(
         ),
         submission_kind="boxes",
         layout=EXPECTED_LAYOUT,
+        # the RSNA pneumonia images are a subset of NIH ChestX-ray14
+        image_sources=("NIH ChestX-ray14",),
     )
 )

@@ -20,7 +20,7 @@ from tasks import imageio, synthetic
 from tasks.rsna.labels import CLASS_COLUMNS, CLASSES, LABEL_COLUMNS, OPACITY
 from tasks.rsna.layout import CLASS_CSV, IMAGE_DIR, LABELS_CSV, TASK
 
-_STREAM = 0x52534E41  # "RSNA": a random stream of its own, apart from every SIIM namespace
+_STREAM = 0x52534E41  # "RSNA": a random stream of its own, apart from SIIM's
 _UID_BASE = 300000
 _NEGATIVE_SHARE = 2 / 3
 _TWO_BOX_SHARE = 0.3

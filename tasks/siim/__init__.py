@@ -7,7 +7,7 @@ validating the dataset layout, design section 4, and reading the label CSV),
 :mod:`tasks.siim.data` (``prepare``: dataset -> cached fixed-size arrays via
 ``tasks.cache.build_cache``; header-only ground truth for ``bench evaluate``),
 :mod:`tasks.siim.generator` (the synthetic generator that writes the same layout:
-``synth``, ``synth_pretrain``) and :mod:`tasks.siim.submission` (the submission file).
+``synth``) and :mod:`tasks.siim.submission` (the submission file).
 
 Layout (stage 1, what GLoRIA / MGCA / LoVT read)::
 
@@ -28,7 +28,7 @@ from __future__ import annotations
 from tasks import registry
 from tasks.siim import submission
 from tasks.siim.data import ground_truth_mask, ground_truth_splits, load_ground_truth, prepare
-from tasks.siim.generator import synth, synth_pretrain, synth_records
+from tasks.siim.generator import synth, synth_records
 from tasks.siim.layout import (
     DICOM_DIR,
     EXPECTED_LAYOUT,
@@ -65,7 +65,6 @@ __all__ = [
     "rle_decode",
     "rle_encode",
     "synth",
-    "synth_pretrain",
     "synth_records",
 ]
 
@@ -75,6 +74,9 @@ SPEC = registry.register(
         title="SIIM-ACR pneumothorax segmentation",
         outputs={"linear": "mask", "frozen": "mask", "finetune": "mask"},
         metrics={"mask": ("dice", "dice_pooled", "dice_pos")},
+        metric_notes={"dice": "mean over test images of the per-image Dice at threshold 0.5 (empty "
+                      "target and empty prediction = 1, empty target and any prediction = 0): the "
+                      "Kaggle SIIM-ACR metric"},
         prepare=prepare,
         synth=synth,
         load_ground_truth=load_ground_truth,
@@ -97,5 +99,6 @@ SPEC = registry.register(
             ),
         ),
         layout=EXPECTED_LAYOUT,
+        image_sources=("NIH ChestX-ray14",),  # the SIIM-ACR images were drawn from ChestX-ray14 too
     )
 )

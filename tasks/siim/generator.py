@@ -2,9 +2,8 @@
 
 Owns: :func:`synth_records` (the deterministic cases: images from
 :func:`tasks.synthetic.render_chest` with pneumothorax crescents, their masks and
-RLE rows, UIDs, patients, storage kinds), :func:`synth` (the data set ``bench synth
---task siim`` writes) and :func:`synth_pretrain` (a disjoint set with image-level
-labels for the demo's supervised pretraining).
+RLE rows, UIDs, patients, storage kinds) and :func:`synth` (the data set ``bench synth
+--task siim`` writes).
 """
 
 from __future__ import annotations
@@ -19,7 +18,8 @@ from tasks import imageio, synthetic
 from tasks.siim.layout import DICOM_DIR, STAGE1_CSV, TASK
 from tasks.siim.rle import rle_encode
 
-_NAMESPACES = {"siim": (0, 1000), "siim-pretrain": (1, 600000)}  # rng stream, id number base
+_STREAM, _ID_BASE = 0, 1000  # random stream, ImageId number base
+_NAMESPACE = "siim"  # named in the marker and the summary (kept: existing sets stay identical)
 
 _MARKER_TEXT = """SYNTHETIC DATA - NOT REAL PATIENT IMAGES
 
@@ -33,18 +33,15 @@ seed={seed} n={n} size={size} namespace={namespace}
 """
 
 
-def synth_records(
-    n: int = 200, seed: int = 0, size: int = 1024, namespace: str = "siim"
-) -> Iterator[dict]:
-    """Generate the synthetic cases (deterministic from n, seed, size, namespace).
+def synth_records(n: int = 200, seed: int = 0, size: int = 1024) -> Iterator[dict]:
+    """Generate the synthetic cases (deterministic from n, seed, size).
 
     Yields dicts: image_id, patient_id, study_uid, series_uid, storage ("plain", "rle",
     "jpeg", "mono1", "rescale"), image (uint8 (size, size): exactly what reading the
     written DICOM gives back, except for JPEG's lossy error), regions (list of {0,1}
     masks, one per RLE row; empty for negatives) and rles (the relative RLE strings).
     """
-    stream, id_base = _NAMESPACES[namespace]
-    rng = np.random.default_rng([stream, seed])
+    rng = np.random.default_rng([_STREAM, seed])
     n = int(n)
     storage = synthetic.assign_storage(rng, n)
     negative, two_regions = synthetic.assign_cases(rng, n, round(n / 3), 0.2)
@@ -55,11 +52,11 @@ def synth_records(
     stamps = rng.integers(100, 1000, n), rng.integers(100002, 999999, n)
 
     for i in range(n):
-        case_rng = np.random.default_rng([stream, seed, i])
+        case_rng = np.random.default_rng([_STREAM, seed, i])
         sides = synthetic.lesion_sides(case_rng, negative[i], two_regions[i])
         image, regions = synthetic.render_chest(case_rng, size, sides)
         image = synthetic.fit_storage(image, storage[i])
-        tail = f"8323329.{id_base + i}.1517875{stamps[0][i]}"
+        tail = f"8323329.{_ID_BASE + i}.1517875{stamps[0][i]}"
         uids = synthetic.kaggle_uids(tail, int(stamps[1][i]))
         yield {
             "image_id": uids["sop_uid"],
@@ -80,33 +77,18 @@ def synth(out, n: int = 200, seed: int = 0, size: int = 1024, progress: bool = T
     EncodedPixels", negatives " -1", relative RLE, one row per region) +
     SYNTHETIC_DATA.txt. Returns a summary dict.
     """
-    return _write_set(out, n, seed, size, "siim", progress, labels_csv=False)
-
-
-def synth_pretrain(
-    out, n: int = 200, seed: int = 0, size: int = 1024, progress: bool = True
-) -> dict:
-    """A separate synthetic set for the demo's supervised pretraining.
-
-    Same generator and layout as `synth` but another random stream and ImageId range
-    (no image or patient shared with `synth` data), plus labels.csv with image-level
-    labels (ImageId,Pneumothorax as 0/1).
-    """
-    return _write_set(out, n, seed, size, "siim-pretrain", progress, labels_csv=True)
-
-
-def _write_set(out, n, seed, size, namespace, progress, labels_csv: bool) -> dict:
     out = Path(out)
     (out / DICOM_DIR).mkdir(parents=True, exist_ok=True)
-    how = "bench synth --task siim" if namespace == "siim" else "tasks.siim.synth_pretrain"
     synthetic.write_synthetic_marker(
-        out, _MARKER_TEXT.format(how=how, seed=seed, n=n, size=size, namespace=namespace)
-    )
-    csv_lines, label_lines = ["ImageId, EncodedPixels"], ["ImageId,Pneumothorax"]
+        out,
+        _MARKER_TEXT.format(how="bench synth --task siim", seed=seed, n=n, size=size,
+                            namespace=_NAMESPACE),
+    )  # fmt: skip
+    csv_lines = ["ImageId, EncodedPixels"]
     storage: dict[str, int] = {}
     n_pos = n_multi = 0
     patients = set()
-    records = synth_records(n, seed, size, namespace)
+    records = synth_records(n, seed, size)
     for rec in tqdm(records, total=n, desc="synth siim", unit="img", disable=not progress):
         kind = rec["storage"]
         imageio.write_dicom(
@@ -124,14 +106,11 @@ def _write_set(out, n, seed, size, namespace, progress, labels_csv: bool) -> dic
         n_multi += len(rec["rles"]) > 1
         for rle in rec["rles"] or ["-1"]:
             csv_lines.append(f"{rec['image_id']}, {rle}")
-        label_lines.append(f"{rec['image_id']},{int(bool(rec['rles']))}")
     (out / STAGE1_CSV).write_text("\n".join(csv_lines) + "\n")
-    if labels_csv:
-        (out / "labels.csv").write_text("\n".join(label_lines) + "\n")
     return {
         "task": TASK,
         "out": str(out),
-        "namespace": namespace,
+        "namespace": _NAMESPACE,
         "seed": seed,
         "size": size,
         "n_images": n,
