@@ -5,30 +5,39 @@ import json
 from bench.cli import main
 
 
-def test_quick_demo_compares_two_real_inits_and_resumes(tmp_path, capsys):
+def test_quick_demo_pretrains_every_method_evaluates_and_resumes(tmp_path, capsys):
     out, report = tmp_path / "demo", tmp_path / "reports" / "demo.md"
     assert main(["demo", "--quick", "--quiet", "--out", str(out), "--report", str(report)]) == 0
     records = [json.loads(p.read_text()) for p in sorted((out / "records").glob("*.json"))]
-    # 2 inits x 3 protocols x 2 fractions x 1 seed, all complete, all flagged synthetic
-    assert len(records) == 12 and {r["status"] for r in records} == {"complete"}
-    assert {r["init"] for r in records} == {"random", "supervised-synth"}
+    methods = ["moco", "convirt"]  # the quick demo's two methods
+    # (random + 2 pretrained) x 3 protocols x 1 fraction x 1 seed, all complete, all flagged synthetic
+    assert len(records) == 9 and {r["status"] for r in records} == {"complete"}
+    assert {r["init"] for r in records} == {"random", *methods}
     assert all(r["data"]["synthetic"] for r in records)
-    sup = next(r for r in records if r["init"] == "supervised-synth")
-    assert sup["weights"]["tensors_loaded"] == sup["weights"]["tensors_expected"] > 0
-    assert (out / "supervised-synth-resnet18.pth").exists()
-    # the pretraining set is separate from the evaluation set
-    pre = {p.stem for p in (out / "data" / "siim-pretrain").rglob("*.dcm")}
-    ev = {p.stem for p in (out / "data" / "siim").rglob("*.dcm")}
-    assert pre and ev and not pre & ev
+    for method in methods:
+        pre = json.loads((out / "pretrained" / method / "pretrain.json").read_text())
+        assert pre["status"] == "done" and pre["method"] == method
+        run = next(r for r in records if r["init"] == method)
+        # the downstream run loaded exactly the encoder that pretraining wrote
+        assert run["weights"]["sha256"] == pre["sha256"]
+        assert run["weights"]["tensors_loaded"] == run["weights"]["tensors_expected"] > 0
+    moco = json.loads((out / "pretrained" / "moco" / "pretrain.json").read_text())
+    assert moco["settings"]["positives"] == "same-study"
+
+    probe = json.loads((out / "probe.json").read_text())
+    assert set(probe["results"]) == {"random", *methods} and probe["labels"]
+    for res in probe["results"].values():
+        assert all(a is None or 0 <= a <= 1 for a in res["auc"].values())
 
     text = report.read_text()
-    assert "SYNTHETIC DATA" in text and "supervised-synth" in text
-    assert (report.parent / "demo_siim_label_efficiency.png").exists()
-    assert (report.parent / "demo_siim_examples.png").exists()
-    assert "demo: 12/12 runs complete" in capsys.readouterr().err
+    assert "SYNTHETIC DATA" in text and "## Pretraining" in text and "Linear probe" in text
+    for name in ("demo_siim_label_efficiency.png", "demo_siim_examples.png", "demo_pretraining_loss.png"):
+        assert (report.parent / name).exists(), name
+    assert "demo: 9/9 runs complete" in capsys.readouterr().err
 
-    # a second call finds every run complete and trains nothing
-    before = {p: p.stat().st_mtime_ns for p in (out / "records").glob("*.json")}
+    # a second call finds every pretraining and run complete and trains nothing
+    watched = [*(out / "records").glob("*.json"), *(out / "pretrained").glob("*/encoder.safetensors")]
+    before = {p: p.stat().st_mtime_ns for p in watched}
     assert main(["demo", "--quick", "--quiet", "--out", str(out), "--report", str(report)]) == 0
-    assert {p: p.stat().st_mtime_ns for p in (out / "records").glob("*.json")} == before
-    assert "12/12 runs complete" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in watched} == before
+    assert "9/9 runs complete" in capsys.readouterr().err

@@ -14,8 +14,8 @@ take the method's published recipe (below); every value is recorded in
 OUT/NAME/pretrain.json.
 
 Data layouts (--layout, auto-detected): mimic (MIMIC-CXR-JPG + reports), chexpert,
-openi (Indiana University), nih (ChestX-ray14; contains the RSNA images, so `rsna`
-becomes a seen task). `bench synth --task pretrain --out DIR` writes a synthetic
+openi (Indiana University), nih (ChestX-ray14; it contains the RSNA and SIIM-ACR
+images, so both become seen tasks of the result: the leakage guard flags them). `bench synth --task pretrain --out DIR` writes a synthetic
 corpus (MIMIC layout, with reports) to try it.
 
 Multi-GPU / multi-node: run the same command under torchrun, e.g.

@@ -1,21 +1,28 @@
 """`bench demo`: the whole benchmark in miniature, on synthetic data, in minutes on a laptop.
 
-Settings: ``bench/experiments/demo.yaml`` (the task, sizes, epochs; ``quick`` for
-``--quick``). The demo
+Settings: ``bench/experiments/demo.yaml`` (the task, sizes, epochs, the pretraining;
+``quick`` for ``--quick``). The demo
 
-1. writes a synthetic downstream dataset in the task's official layout (``bench synth``);
-2. pretrains a small ``supervised`` ResNet on a *separate* synthetic set (another seed:
-   other patients, other images; checked) with image-level labels, through
-   :mod:`bench.pretrain.supervised`, saved as a plain torchvision checkpoint, so the
-   demo compares two real initializations through the real checkpoint loader;
-3. runs it and ``random`` under linear / frozen / finetune at two label fractions and
-   two seeds (finished runs are skipped when the demo is run again);
-4. writes the report (``reports/demo.md`` by default) with its figures.
+1. writes a synthetic downstream dataset in the task's official layout (``bench synth``)
+   and a synthetic image-report pretraining corpus (``bench synth --task pretrain``,
+   MIMIC-CXR-JPG layout; checked to share no image with the downstream set);
+2. pretrains a small encoder with each method (``supervised``, ``simclr``, ``moco``
+   with same-study MedAug positives, ``convirt``, ``clip``) through ``bench pretrain``'s
+   own :func:`bench.pretrain.train.pretrain`, one budget for all;
+3. probes every initialization (``random``, ``imagenet`` when its weights are in the
+   weights cache, each pretrained one) with a logistic regression on frozen pooled
+   features of a second synthetic corpus, scored by AUC on its finding labels;
+4. runs every initialization under linear / frozen / finetune at the label fractions
+   and seeds of the settings (finished runs are skipped when the demo is run again);
+5. writes the report (``reports/demo.md`` by default) with its figures and a
+   pretraining section (loss curves, probe AUCs).
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import sys
 import time
 from importlib import resources
@@ -36,8 +43,7 @@ def demo_settings(quick: bool = False) -> dict:
     return {**raw, **overrides} if quick else raw
 
 
-def demo_configs(out: Path, data_root: Path, checkpoint: Path, s: dict) -> list[RunConfig]:
-    inits = [("random", None), (str(checkpoint), "supervised-synth")]
+def demo_configs(out: Path, data_root: Path, inits: list[tuple[str, str | None]], s: dict) -> list[RunConfig]:
     return [
         RunConfig(task=s["task"], init=init, init_name=name, protocol=protocol, fraction=fraction,
                   seed=seed, data_root=str(data_root), out=str(out / "records"), arch=s["arch"],
@@ -49,44 +55,97 @@ def demo_configs(out: Path, data_root: Path, checkpoint: Path, s: dict) -> list[
     ]
 
 
-def _datasets(out: Path, s: dict, progress: bool) -> tuple[Path, Path]:
-    """The downstream set and the separate pretraining set, generated once; disjoint."""
+def _datasets(out: Path, s: dict, progress: bool) -> tuple[Path, Path, Path]:
+    """The downstream set, the pretraining corpus and the probe corpus, each generated once."""
     from bench.engine.dataroot import synth_once
+    from bench.util import generate_once
+    from corpora import synth
 
-    task = s["task"]
-    data_root, pretrain_root = out / "data" / task, out / "data" / f"{task}-pretrain"
-    for root, n, seed in ((data_root, s["n"], 0), (pretrain_root, s["pretrain_n"], s["pretrain_seed"])):
-        synth_once(task, root, n=n, seed=seed, size=s["synth_size"], progress=progress)
-    return data_root, pretrain_root
+    task, p = s["task"], s["pretrain"]
+    data_root = synth_once(task, out / "data" / task, n=s["n"], seed=0, size=s["synth_size"], progress=progress)
+    roots = []
+    for key in ("corpus", "probe_corpus"):
+        c = p[key]
+        roots.append(generate_once(out / "data" / f"pretrain-{key.replace('_', '-')}",
+                                   lambda tmp, c=c: synth(tmp, **c, progress=progress),
+                                   what=f"a synthetic pretraining corpus ({key})"))  # fmt: skip
+    return data_root, roots[0], roots[1]
 
 
-def _pretrain(task, pretrain_root: Path, data_ids: set, out_file: Path, s: dict, progress: bool) -> Path:
-    from bench.pretrain.supervised import pretrain_supervised
+def _check_disjoint(task, data_root: Path, corpus_root: Path, s: dict, progress: bool) -> None:
+    """No pretraining image equals a downstream image (by content, at the downstream cache size)."""
+    from corpora import decode_images, read_corpus
 
-    prepared = task.prepare(pretrain_root, s["image_size"], strict=False, progress=progress,
-                            **task.option_values(None))  # fmt: skip
-    shared = data_ids & set(prepared.ids)
+    size = s["image_size"]
+    prepared = task.prepare(data_root, size, strict=False, progress=progress, **task.option_values(None))
+    images, _, _ = decode_images(read_corpus(corpus_root, views="all"), size, progress=progress)
+    digest = lambda a: hashlib.sha256(a.tobytes()).hexdigest()  # noqa: E731
+    shared = {digest(a) for a in prepared.images} & {digest(a) for a in images}
     if shared:
-        raise ValueError(f"{pretrain_root}: the pretraining set shares {len(shared)} image(s) "
-                         f"with the evaluation set, e.g. {sorted(shared)[:3]}")  # fmt: skip
-    return pretrain_supervised(prepared, out_file, arch=s["arch"], epochs=s["pretrain_epochs"],
-                               progress=progress)  # fmt: skip
+        raise ValueError(f"{corpus_root}: the pretraining corpus shares {len(shared)} image(s) with {data_root}")
+
+
+def _pretrain_all(out: Path, corpus_root: Path, s: dict, progress: bool) -> dict[str, Path]:
+    from bench.pretrain.settings import PretrainSettings
+    from bench.pretrain.train import ENCODER_FILE, RECORD_FILE, pretrain
+
+    p, done = s["pretrain"], {}
+    for method in p["methods"]:
+        folder = out / "pretrained" / method
+        rec = folder / RECORD_FILE
+        if not (rec.exists() and json.loads(rec.read_text()).get("status") == "done"):
+            settings = PretrainSettings(method=method, data=str(corpus_root), out=str(folder.parent), name=method,
+                                        arch=s["arch"], device="cpu", **p["settings"],
+                                        **(p.get("method_settings") or {}).get(method, {}))  # fmt: skip
+            pretrain(settings, resume=(folder / "state.pt").exists(), progress=progress, register=False)
+        done[method] = folder / ENCODER_FILE
+    return done
+
+
+def _probe_all(probe_root: Path, inits: list[tuple[str, str | None]], s: dict, progress: bool) -> dict:
+    """Linear-probe AUC of every init's frozen pooled features on the probe corpus's findings."""
+    import weights_registry as wr
+    from bench.env import seed_everything
+    from bench.pretrain.methods.supervised import label_matrix
+    from bench.pretrain.probe import linear_probe
+    from corpora import decode_images, read_corpus
+
+    corpus = read_corpus(probe_root)
+    size = s["pretrain"]["settings"]["image_size"]
+    images, records, _ = decode_images(corpus, size, progress=progress)
+    labels, mask, names = label_matrix(records, list(corpus.label_names))
+    groups = [r.patient_id for r in records]
+    results = {}
+    for init, name in inits:
+        seed_everything(0)
+        encoder, _ = wr.load_encoder(init, s["arch"])
+        results[name or init] = linear_probe(encoder, images, labels, mask, names, groups, image_size=size)
+    return {"labels": names, "n_images": len(records), "corpus": str(probe_root), "results": results}
 
 
 def run_demo(out: Path, report: Path, quick: bool = False, progress: bool = True) -> Path:
+    import weights_registry as wr
     from bench.engine.runner import RunFailed, execute
     from bench.reporting import write_report
+    from bench.reporting.pretraining import pretraining_section
+    from bench.util import write_json_atomic
     from tasks import get_task
 
     s = demo_settings(quick)
     task = get_task(s["task"])
     t0 = time.perf_counter()
-    data_root, pretrain_root = _datasets(out, s, progress)
+    data_root, corpus_root, probe_root = _datasets(out, s, progress)
     announce_synthetic(out / "data")
-    data_ids = set(task.prepare(data_root, s["image_size"], strict=False, progress=progress,
-                                **task.option_values(None)).ids)  # fmt: skip
-    checkpoint = _pretrain(task, pretrain_root, data_ids, out / f"supervised-synth-{s['arch']}.pth", s, progress)
-    configs = demo_configs(out, data_root, checkpoint, s)
+    _check_disjoint(task, data_root, corpus_root, s, progress)
+    encoders = _pretrain_all(out, corpus_root, s, progress)
+    t_pretrain = time.perf_counter() - t0
+    inits = [("random", None)]
+    if wr.is_cached("imagenet", s["arch"]):
+        inits.append(("imagenet", None))
+    inits += [(str(path), method) for method, path in encoders.items()]
+    probe = _probe_all(probe_root, inits, s, progress)
+    write_json_atomic(out / "probe.json", probe)
+    configs = demo_configs(out, data_root, inits, s)
     failed = 0
     bar = tqdm(configs, desc="demo runs", disable=not progress, unit="run")
     for cfg in bar:
@@ -99,7 +158,9 @@ def run_demo(out: Path, report: Path, quick: bool = False, progress: bool = True
         except RunFailed as e:
             failed += 1
             print(f"demo: {e}", file=sys.stderr)
-    written = write_report(out / "records", report)
-    print(f"demo: {len(configs) - failed}/{len(configs)} runs complete in "
-          f"{time.perf_counter() - t0:.0f}s; report {written}", file=sys.stderr)  # fmt: skip
+    pre_records = [json.loads((p.parent / "pretrain.json").read_text()) for p in encoders.values()]
+    section = pretraining_section(pre_records, probe, report)
+    written = write_report(out / "records", report, extra_sections=[section])
+    print(f"demo: {len(configs) - failed}/{len(configs)} runs complete in {time.perf_counter() - t0:.0f}s "
+          f"(pretraining {t_pretrain:.0f}s); report {written}", file=sys.stderr)  # fmt: skip
     return written

@@ -23,7 +23,7 @@ def pooled_features(encoder, images: np.ndarray, image_size: int, batch_size: in
     encoder.eval()
     out = []
     for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(np.asarray(images[start:start + batch_size])).float().div(255).unsqueeze(1)
+        x = torch.from_numpy(np.array(images[start:start + batch_size])).float().div(255).unsqueeze(1)
         x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear",
                                             align_corners=False, antialias=True)  # fmt: skip
         out.append(encoder(to_input(x)).float().numpy())

@@ -63,6 +63,9 @@ def _distributed(device_name: str) -> tuple[int, int, torch.device]:
 
 def _usable(corpus, method, records):
     """Indices of the records the method can train on; ValueError when it cannot use this data."""
+    if method.needs_labels and not corpus.label_names:
+        raise ValueError(f"--method {method.name} needs image labels, and the {corpus.layout} data at "
+                         f"{corpus.root} has none")  # fmt: skip
     if method.needs_reports:
         if not corpus.has_reports:
             raise ValueError(
@@ -164,7 +167,19 @@ def _catalogue_entry(s, method, corpus, sha: str, epochs_done: int) -> dict:
 # ------------------------------------------------------------------------- the loop
 
 
-def _train_epoch(ddp, model, loader, optimizer, scheduler, device, epoch, progress, channels_last):
+def _global_mean(value: torch.Tensor, world: int) -> float:
+    """The loss averaged over the processes (the loss of the global batch)."""
+    if world > 1:
+        import torch.distributed as dist
+
+        value = value.float().clone()
+        dist.all_reduce(value)
+        value /= world
+    return float(value)
+
+
+def _train_epoch(ddp, model, loader, optimizer, scheduler, scaler, device, epoch, progress, channels_last,
+                 world: int = 1):  # fmt: skip
     from bench.models.device import autocast
 
     ddp.train()
@@ -174,14 +189,15 @@ def _train_epoch(ddp, model, loader, optimizer, scheduler, device, epoch, progre
         batch = _to(batch, device, channels_last)
         with autocast(device):
             loss = ddp(batch)
-        value = float(loss.detach())
+        value = _global_mean(loss.detach(), world)  # every rank sees the same value: a NaN stops all
         if not math.isfinite(value):
             return {"nan": (step, value)}
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()  # a no-op scaler except on fp16 GPUs
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
-        total, n, images = total + value, n + 1, images + len(batch[0])
+        total, n, images = total + value, n + 1, images + len(batch[0]) * world  # images of the global batch
         bar.set_postfix(loss=f"{value:.4f}", ips=f"{images / (time.perf_counter() - t0):.1f}")
     seconds = time.perf_counter() - t0
     return {"epoch": epoch, "loss": total / max(n, 1), "steps": n, "seconds": round(seconds, 3),
@@ -191,13 +207,18 @@ def _train_epoch(ddp, model, loader, optimizer, scheduler, device, epoch, progre
 def pretrain(settings: PretrainSettings, *, resume: bool = False, progress: bool = True,
              register: bool = True) -> dict:  # fmt: skip
     """Run one pretraining; returns its pretrain.json record (status "done")."""
-    from corpora import decode_images, read_corpus
-
     from bench.env import seed_everything
     from bench.pretrain.encoder import new_encoder
+    from corpora import decode_images, read_corpus
 
     s = resolve(settings)
     method = get_method(s.method)
+    if register:
+        from weights_registry.catalogue import packaged_names
+
+        if s.name in packaged_names():
+            raise ValueError(f"--name {s.name!r} is a packaged initialization; choose another name "
+                             f"(for example {s.name}-<data>)")  # fmt: skip
     rank, world, device = _distributed(s.device)
     out = s.out_dir
     state = _resume_state(out, s, resume)
@@ -256,12 +277,15 @@ def pretrain(settings: PretrainSettings, *, resume: bool = False, progress: bool
 
 def _epochs(s, method, corpus, ctx, ddp, model, loader, sampler, optimizer, scheduler, generator,
             device, history, start, rank, progress, channels_last) -> None:  # fmt: skip
+    from bench.models.device import grad_scaler
+
     out = s.out_dir
+    scaler = grad_scaler(device)
     for epoch in range(start, s.epochs + 1):
         if sampler is not None:
             sampler.set_epoch(epoch)
-        entry = _train_epoch(ddp, model, loader, optimizer, scheduler, device, epoch,
-                             progress and rank == 0, channels_last)  # fmt: skip
+        entry = _train_epoch(ddp, model, loader, optimizer, scheduler, scaler, device, epoch,
+                             progress and rank == 0, channels_last, ctx.world)  # fmt: skip
         if "nan" in entry:
             step, value = entry["nan"]
             kept = f"{ENCODER_FILE} and {STATE_FILE} hold epoch {epoch - 1}" if epoch > 1 else "no epoch finished"
@@ -301,7 +325,8 @@ def _resume_state(out: Path, s: PretrainSettings, resume: bool):
     path = out / STATE_FILE
     if not path.exists():
         if resume and (out / RECORD_FILE).exists():
-            raise ValueError(f"--resume: {out} has no {STATE_FILE} (no epoch finished); start it again without --resume")
+            print(f"bench pretrain: --resume: {out} has no {STATE_FILE} (no epoch had finished); "
+                  "starting from epoch 1", flush=True)  # fmt: skip
         return None
     state = torch.load(path, map_location="cpu", weights_only=False)
     if not resume:
@@ -317,6 +342,10 @@ def _resume_state(out: Path, s: PretrainSettings, resume: bool):
 
 def _finish(s, method, corpus, ctx, history, rank, register) -> dict:
     out = s.out_dir
+    if ctx.world > 1:  # only rank 0 writes the encoder (_epochs): the others hash it once it is there
+        import torch.distributed as dist
+
+        dist.barrier()
     done = history[-1]["epoch"] if history else 0
     sha = sha256_file(out / ENCODER_FILE)
     entry = _catalogue_entry(s, method, corpus, sha, done)
