@@ -8,7 +8,10 @@ renamed into place, for generated data sets).
 
 This module imports nothing of the project, so ``tasks/`` and ``weights_registry/``
 use it too without depending on the rest of ``bench``. Files are created with the
-user's umask (``tempfile.mkstemp`` alone would leave them 0600).
+user's umask (``tempfile.mkstemp`` alone would leave them 0600), folders from :func:`generate_once`
+likewise (``tempfile.mkdtemp`` alone makes them 0700). :func:`writable_dir_problem` says,
+without creating anything, why a folder cannot be written (the check every ``--out``
+gets before any work).
 """
 
 from __future__ import annotations
@@ -28,6 +31,36 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def writable_dir_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be used (or created) as a folder to write files into; None if it can.
+
+    Nothing is left behind: an existing folder is checked for write permission
+    (``os.access``, then a probe file removed at once, which also catches read-only
+    mounts), a missing one through its nearest existing ancestor, which must be a
+    writable folder. The answer is one line naming the path.
+    """
+    p = Path(path).expanduser()
+    probe = p
+    while not probe.exists() and not probe.is_symlink() and probe.parent != probe:
+        probe = probe.parent
+    below = "" if probe == p else f" (needed to create {p})"
+    if probe.is_symlink() and not probe.exists():
+        return f"{probe} is a broken symbolic link{below}"
+    if not probe.is_dir():
+        if probe == p:
+            return f"{p} is a file, not a folder"
+        return f"{p} cannot be created: {probe} is a file, not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable{below}: permission denied"
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".cxrbench-write-check-", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        return f"{probe} is not writable{below}: {e.strerror or e}"
+    return None
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *, binary: bool = False) -> Path:
@@ -111,9 +144,13 @@ def generate_once(root: str | os.PathLike, make: Callable[[Path], object], *, wh
     root = Path(root)
     if root.exists():
         return root
+    problem = writable_dir_problem(root.parent)
+    if problem:
+        raise PermissionError(f"cannot generate {what} into {root}: {problem}")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700
         print(f"Generating {what} into {root} ...", file=sys.stderr)
         make(tmp)
         os.replace(tmp, root)

@@ -1,10 +1,12 @@
 """Image I/O: DICOM and PNG reading, DICOM writing (for synthetic data), resizing.
 
-Owns :func:`read_dicom_with_header` (uncompressed, JPEG Baseline, RLE Lossless,
-MONOCHROME1 inversion, the modality LUT; any failure a ``DicomReadError`` naming the
-file), :func:`read_dicom_header` (header only), :func:`read_png` (PNG re-exports),
-:func:`write_dicom` (a real Secondary Capture DICOM, plain or compressed) and
-:func:`resize_image` / :func:`resize_mask` (the cache's fixed size).
+Owns :func:`read_dicom_with_header` (uncompressed, JPEG Baseline, RLE Lossless, JPEG
+2000 lossless and lossy (pylibjpeg-openjpeg), MONOCHROME1 inversion, the modality LUT,
+PALETTE COLOR through its colour palette to grayscale; any failure a
+``DicomReadError`` naming the file and the reason), :func:`read_dicom_header` (header
+only), :func:`read_png` (PNG re-exports), :func:`write_dicom` (a real Secondary
+Capture DICOM, plain or compressed) and :func:`resize_image` / :func:`resize_mask`
+(the cache's fixed size).
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ def read_dicom_with_header(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
     MONOCHROME1 is inverted on the stored values, then the modality LUT
     (RescaleSlope/Intercept) is applied. Values already in [0, 255] are kept (rounded);
     anything else is min-max scaled per image to [0, 255].
+
+    PALETTE COLOR: the stored values are indices into the file's colour palette, never
+    intensities. The palette is applied (``pydicom.pixels.apply_color_lut``) and the
+    colours converted to grayscale with the ITU-R BT.601 luma weights (0.299 R + 0.587 G
+    + 0.114 B, as Pillow's ``convert("L")``), on the palette's own scale (8- or 16-bit
+    entries: 2**bits - 1 is white). A palette that is missing or cannot be applied makes
+    the file a DicomReadError saying so.
     """
     try:
         ds = pydicom.dcmread(path)
@@ -46,6 +55,8 @@ def read_dicom_with_header(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
         raise DicomReadError(
             f"{path}: expected a single-frame grayscale image, got pixel array of shape {raw.shape}"
         )
+    if header["photometric"] == "PALETTE COLOR":
+        return _palette_to_gray(raw, ds, path), header
     if header["photometric"] == "MONOCHROME1":
         raw = _invert(raw, ds)
     try:
@@ -107,6 +118,33 @@ def read_png(path: str | os.PathLike) -> np.ndarray:
         raise DicomReadError(f"{path}: not a readable PNG file ({e})") from e
 
 
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 R, G, B weights (Pillow's convert("L"))
+
+
+def _palette_to_gray(raw: np.ndarray, ds, path) -> np.ndarray:
+    """A PALETTE COLOR image's indices -> its palette's colours -> uint8 grayscale."""
+    where = f"{path}: PALETTE COLOR image"
+    if "RedPaletteColorLookupTableDescriptor" not in ds:
+        raise DicomReadError(
+            f"{where} without a colour palette (no Red/Green/Blue Palette Color Lookup "
+            "Table): its stored values are palette indices, not intensities; refusing to "
+            "read them as an image"
+        )
+    try:
+        rgb = np.asarray(pydicom.pixels.apply_color_lut(raw, ds), dtype=np.float64)
+        bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+    except Exception as e:  # noqa: BLE001 - pydicom raises several types for bad palettes
+        raise DicomReadError(
+            f"{where}: cannot apply its colour palette ({type(e).__name__}: {e}); its "
+            "stored values are palette indices, not intensities"
+        ) from e
+    if rgb.ndim != 3 or rgb.shape[-1] != 3:
+        raise DicomReadError(f"{where}: the palette gave an array of shape {rgb.shape}, not RGB")
+    top = float((1 << bits) - 1) if bits in (8, 16) else float(max(rgb.max(), 1.0))
+    gray = rgb @ np.asarray(LUMA) * (255.0 / top)
+    return np.clip(np.rint(gray), 0, 255).astype(np.uint8)
+
+
 def _invert(raw: np.ndarray, ds) -> np.ndarray:
     """MONOCHROME1 -> MONOCHROME2 on stored values.
 
@@ -143,9 +181,10 @@ def write_dicom(
     """Write a real Secondary Capture DICOM whose `read_dicom` gives back `pixels_uint8`.
 
     compression: None (Explicit VR Little Endian), "rle" (RLE Lossless via pydicom's
-    `Dataset.compress`, which uses pylibjpeg-rle when installed, else its own encoder)
-    or "jpeg" (JPEG Baseline 8-bit via Pillow, quality 95; lossy, so reading it
-    back is close but not exact). monochrome1 stores inverted values with
+    `Dataset.compress`, which uses pylibjpeg-rle when installed, else its own encoder),
+    "jpeg" (JPEG Baseline 8-bit via Pillow, quality 95; lossy, so reading it
+    back is close but not exact), "j2k" (JPEG 2000 Lossless) or "j2k-lossy" (JPEG 2000,
+    compression ratio 10), both via `Dataset.compress` and pylibjpeg-openjpeg. monochrome1 stores inverted values with
     PhotometricInterpretation MONOCHROME1. rescale=(slope, intercept) stores
     round((pixels - intercept) / slope) with RescaleSlope/Intercept; the round trip is
     exact when (pixels - intercept) is a multiple of slope, otherwise within slope / 2.
@@ -217,12 +256,21 @@ def _secondary_capture(
     return ds
 
 
+COMPRESSIONS = (None, "rle", "jpeg", "j2k", "j2k-lossy")
+
+
 def _compress(ds, stored: np.ndarray, compression: str | None) -> None:
-    """Re-encode the pixel data in place: None, "rle" (RLE Lossless) or "jpeg" (Baseline)."""
-    from pydicom.uid import JPEGBaseline8Bit, RLELossless
+    """Re-encode the pixel data in place: one of :data:`COMPRESSIONS` (see write_dicom)."""
+    from pydicom.uid import JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
 
     if compression == "rle":
         ds.compress(RLELossless, generate_instance_uid=False)
+    elif compression == "j2k":
+        ds.compress(JPEG2000Lossless, generate_instance_uid=False)
+    elif compression == "j2k-lossy":
+        ds.compress(JPEG2000, j2k_cr=[10], generate_instance_uid=False)
+        ds.LossyImageCompression = "01"
+        ds.LossyImageCompressionMethod = "ISO_15444_1"
     elif compression == "jpeg":
         buf = io.BytesIO()
         Image.fromarray(stored).save(
@@ -234,7 +282,7 @@ def _compress(ds, stored: np.ndarray, compression: str | None) -> None:
         ds.LossyImageCompression = "01"
         ds.LossyImageCompressionMethod = "ISO_10918_1"
     elif compression is not None:
-        raise ValueError(f"compression must be None, 'rle' or 'jpeg', not {compression!r}")
+        raise ValueError(f"compression must be one of {COMPRESSIONS}, not {compression!r}")
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:

@@ -3,9 +3,26 @@
 Owns :func:`assign_splits` (deterministic train/val/test by image id, grouped by
 patient, from a sha256 of the ids alone), :func:`fraction_subset` (nested label
 fractions: 1% inside 10% inside 100%), :func:`load_split_file` (a CSV with a
-``split`` column, or a folder of train/val/test CSVs as LoVT publishes them), and
-their forms over a prepared cache (:func:`split_indices`, :func:`fraction_indices`)
-and over ground truth (:func:`ground_truth_splits`).
+``split`` column; a folder of ``train.csv`` / ``validation.csv`` / ``test.csv`` as LoVT
+writes them; a folder of ``train.txt`` / ``val.txt`` / ``test.txt`` as BenchX writes
+them), and their forms over a prepared cache (:func:`split_indices`,
+:func:`fraction_indices`) and over ground truth (:func:`ground_truth_splits`).
+
+The published formats, exactly (read by :func:`load_split_file`):
+
+- LoVT (``src/data/datasets/processing_utils.py``): Python's ``csv.writer`` (CRLF
+  line ends), header ``ID`` for segmentation (SIIM: the ``ImageId``) and
+  ``ID,boxes,classes`` for detection (RSNA: the ``patientId``; ``boxes`` as
+  ``x;y;w;h|x;y;w;h``, empty for a negative), one row per image, in
+  ``train.csv``, ``validation.csv`` and ``test.csv``. Only ``ID`` is read.
+- BenchX (``preprocess/datasets/*/preprocess_*.py``, ``save_anno``): no header, one
+  image per line (LF line ends), in ``train.txt``, ``val.txt`` and ``test.txt``
+  (its ``train_1.txt`` / ``train_10.txt`` subsets are BenchX's own, not nested, and are
+  not read: cxrbench draws its nested fractions from ``train.txt``). A line is an id
+  (RSNA: the ``patientId``) or an image path such as ``images/<ImageId>.png``: the id is
+  the file name without its folder and image extension (:data:`IMAGE_SUFFIXES`). Note
+  that BenchX's shipped SIIM lists name the files of a PNG re-export
+  (``8826_train_0_``), not ImageIds: such lines are unknown ids, and the error says so.
 """
 
 from __future__ import annotations
@@ -13,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -27,7 +45,18 @@ SPLIT_SALT = "cxrbench-split-v1"
 
 FRACTION_SALT = "cxrbench-fraction-v1"
 
-SPLIT_ID_COLUMNS = ("ImageId", "image_id", "patientId", "dicom_id", "id")
+SPLIT_ID_COLUMNS = ("ImageId", "image_id", "patientId", "dicom_id", "id", "ID")
+
+# file names of a split folder: (split, LoVT CSVs, BenchX lists), first found is read
+SPLIT_FILES = (
+    ("train", ("train.csv",), ("train.txt",)),
+    ("val", ("val.csv", "validation.csv", "valid.csv"), ("val.txt", "valid.txt", "validation.txt")),
+    ("test", ("test.csv",), ("test.txt",)),
+)
+# extensions stripped from a BenchX line to give the id (SIIM ImageIds contain dots)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".gif", ".tif", ".tiff")
+# BenchX's SIIM lists: file names of the PNG re-export, not ImageIds
+_PNG_EXPORT_NAME = re.compile(r"^\d+_(train|test)_[01]?_?$")
 
 _SPLIT_NAMES = {
     "train": "train",
@@ -120,11 +149,13 @@ def load_split_file(path: str | os.PathLike, ids: Iterable[str]) -> dict[str, st
     """Import an external split: returns {id: "train"|"val"|"test"} for listed ids.
 
     Accepts (a) one CSV with an id column (one of SPLIT_ID_COLUMNS) and a `split` column
-    (train / val / valid / validation / test), or (b) a directory holding train.csv,
+    (train / val / valid / validation / test), (b) a directory holding train.csv,
     val.csv (or validation.csv / valid.csv) and test.csv, each with an id column (LoVT's
-    layout). Repeated rows for one id in the same split are fine (per-mask CSVs).
-    Ids unknown to `ids` or listed in two splits raise DataError. Data ids the file
-    does not list are simply absent from the result.
+    layout: header ``ID`` or ``ID,boxes,classes``), or (c) a directory holding train.txt,
+    val.txt and test.txt, one id or image path per line, no header (BenchX's layout; see
+    the module docstring). Repeated rows for one id in the same split are fine
+    (per-mask CSVs). Ids unknown to `ids` or listed in two splits raise DataError. Data
+    ids the file does not list are simply absent from the result.
     """
     path = Path(path)
     if path.is_dir():
@@ -134,47 +165,93 @@ def load_split_file(path: str | os.PathLike, ids: Iterable[str]) -> dict[str, st
     else:
         raise DataError(
             f"{path}: split file not found (expected a CSV with an id and a 'split' column, "
-            f"or a directory with train.csv, val.csv, test.csv)"
+            f"or a directory with train.csv, val.csv, test.csv (LoVT) or train.txt, "
+            f"val.txt, test.txt (BenchX))"
         )
     known = set(ids)
     unknown = sorted(i for i in assigned if i not in known)
     if unknown:
+        hint = ""
+        if all(_PNG_EXPORT_NAME.match(i) for i in unknown[:10]):
+            hint = (
+                " (these are file names of a PNG re-export, as in BenchX's shipped SIIM "
+                "lists, not the dataset's ImageIds: list the ImageIds, e.g. "
+                "images/<ImageId>.png)"
+            )
         raise DataError(
             f"{path}: {len(unknown)} id(s) in the split file are not in the dataset, "
-            f"e.g. {unknown[:10]}"
+            f"e.g. {unknown[:10]}{hint}"
         )
     return assigned
 
 
 def _split_directory(path: Path) -> dict[str, str]:
-    """{id: split} from a folder of train / val / test CSVs (LoVT's layout)."""
+    """{id: split} from a folder of train / val / test CSVs (LoVT) or lists (BenchX)."""
+    csvs = [[path / n for n in names if (path / n).is_file()] for _, names, _ in SPLIT_FILES]
+    txts = [[path / n for n in names if (path / n).is_file()] for _, _, names in SPLIT_FILES]
+    if any(csvs) and any(txts):
+        found = [p.name for group in (*csvs, *txts) for p in group]
+        raise DataError(
+            f"{path}: split directory holds both LoVT CSVs and BenchX lists ({', '.join(found)}); "
+            "keep one set"
+        )
+    use_txt = any(txts) and not any(csvs)
+    files = txts if use_txt else csvs
     assigned: dict[str, str] = {}
     where: dict[str, Path] = {}
-    for split, names in (
-        ("train", ("train.csv",)),
-        ("val", ("val.csv", "validation.csv", "valid.csv")),
-        ("test", ("test.csv",)),
-    ):
-        found = [path / nm for nm in names if (path / nm).is_file()]
+    for (split, csv_names, txt_names), found in zip(SPLIT_FILES, files):
         if not found:
+            names = txt_names if use_txt else csv_names
             raise DataError(
                 f"{path}: split directory must contain train.csv, val.csv (or "
-                f"validation.csv) and test.csv; missing {names[0]}"
+                f"validation.csv) and test.csv (LoVT), or train.txt, val.txt and test.txt "
+                f"(BenchX); missing {names[0]}"
             )
-        table = _read_split_csv(found[0])
-        id_col = _id_column(table)
-        for line, row in table.rows:
-            image_id = row[id_col].strip()
-            if not image_id:
-                continue
+        entries = _read_split_list(found[0]) if use_txt else _read_split_rows(found[0])
+        for line, image_id in entries:
             if assigned.get(image_id, split) != split:
                 raise DataError(
-                    f"{table.path}: line {line}: id {image_id} is also listed in "
+                    f"{found[0]}: line {line}: id {image_id} is also listed in "
                     f"{where[image_id]} ({assigned[image_id]})"
                 )
             assigned[image_id] = split
-            where[image_id] = table.path
+            where[image_id] = found[0]
     return assigned
+
+
+def _read_split_rows(path: Path) -> list[tuple[int, str]]:
+    """(line, id) of a split CSV with an id column (blank ids skipped)."""
+    table = _read_split_csv(path)
+    id_col = _id_column(table)
+    return [(line, row[id_col].strip()) for line, row in table.rows if row[id_col].strip()]
+
+
+def _read_split_list(path: Path) -> list[tuple[int, str]]:
+    """(line, id) of a BenchX list: one id or image path per line, no header; the id is
+    the file name without folder and image extension. Blank lines are skipped."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read split list ({e})") from e
+    out = []
+    for line, raw in enumerate(text.splitlines(), start=1):
+        entry = raw.strip()
+        if not entry:
+            continue
+        if "," in entry or "\t" in entry:
+            raise DataError(
+                f"{path}: line {line}: a split list has one id or image path per line, "
+                f"got {entry!r}"
+            )
+        name = entry.replace("\\", "/").rsplit("/", 1)[-1]
+        for suffix in IMAGE_SUFFIXES:
+            if name.lower().endswith(suffix):
+                name = name[: -len(suffix)]
+                break
+        if not name:
+            raise DataError(f"{path}: line {line}: no file name in {entry!r}")
+        out.append((line, name))
+    return out
 
 
 def _split_csv(path: Path) -> dict[str, str]:

@@ -181,9 +181,15 @@ def test_settings_difference_is_a_note(tmp_path, baseline):
         rec["hparams"]["epochs"] = 10
         path.write_text(json.dumps(rec))
     result = compare(runs, baseline)
-    assert not result["failed"] and result["notes"] == [
+    cells = ", ".join(f"`{c}`" for c in sorted(r["cell"] for r in result["rows"]))
+    assert not result["failed"] and result["notes"][0] == (
         "`hparams.epochs` differs: baseline [3], runs [10]"
-    ]
+    )
+    # the baseline cells keep their settings: each cell says which of them differ
+    assert len(result["notes"]) == 2 and result["notes"][1].startswith(
+        "epochs: baseline 3, runs 10 in 4 cell(s): "
+    )
+    assert sorted(result["notes"][1].split(": ", 3)[-1].split(", ")) == cells.split(", ")
 
 
 def test_bad_baseline_and_runs_are_input_errors(tmp_path, baseline, capsys):

@@ -345,13 +345,21 @@ def test_lr_selection_table(tmp_path):
     )
 
 
-def test_lr_table_without_search_and_seeds_that_differ(tmp_path):
-    recs = [_record("siim", "random", "linear", 0.1, s, 0.5, hparams={"lr": lr})
-            for s, lr in enumerate([1e-3, 1e-3, 1e-2])]  # fmt: skip
+def test_lr_table_without_search_and_runs_of_different_lrs(tmp_path):
+    # seeds run at different lrs are different cells (design §8.10): never one mean
+    recs = [_record("siim", "random", "linear", 0.1, s, v, hparams={"lr": lr})
+            for s, (lr, v) in enumerate([(1e-3, 0.5), (1e-3, 0.6), (1e-2, 0.9)])]  # fmt: skip
     md = _report(tmp_path, recs)
     assert "**siim: learning rate per cell (fixed, no lr search recorded)**" in md
-    assert "| random | 0.001 ×2, 0.01 ×1 |" in md
+    assert "| random [lr=0.001] | 0.001 |" in md and "| random [lr=0.01] | 0.01 |" in md
+    assert f"| random [lr=0.001] | 0.550 ± {_half([0.5, 0.6]):.3f} (n=2) |" in md
+    assert "| random [lr=0.01] | **0.900 (n=1)** |" in md
     assert "Validation score of each candidate" not in md
+    assert (
+        "- `siim` random linear 10%: the runs differ in settings that change the result "
+        "(lr: 0.001, 0.01); each setting is its own row (`random [lr=0.001]`, "
+        "`random [lr=0.01]`), never averaged together." in md
+    )
 
 
 def test_settings_section(tmp_path):

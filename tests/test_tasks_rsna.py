@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import warnings
@@ -11,6 +12,7 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, RLELossless
 
+from bench.cli import main
 from bench.util import sha256_file
 from tasks import cache as tcache
 from tasks import imageio, rsna, siim, splits, synthetic
@@ -580,3 +582,45 @@ def test_is_synthetic(synth_data, data, cache):
     assert not synthetic.is_synthetic(data)
     prep = _prepare(data)
     assert not prep.synthetic and not prep.manifest["synthetic"]
+
+
+def test_duplicate_label_rows_count_once(data, cache, tmp_path, capsys):
+    """A repeated box row is one ground-truth box (warned about, naming the lines); under
+    strict it is an error. Before: a perfect submission scored mAP 0.911."""
+    n, pid, fields = _first_line(data, 1)
+    neg_n, neg_pid, neg_fields = _first_line(data, 0)
+    original = rsna.read_labels(data / rsna.LABELS_CSV)
+    lines = _lines(data)
+    dup_box = ",".join([pid, *(f"{float(v)}" for v in fields[1:5]), "1"])  # 12 vs 12.0: same box
+    _write(data, [*lines, dup_box, ",".join(neg_fields)])
+    with pytest.warns(UserWarning) as caught:
+        labels = rsna.read_labels(data / rsna.LABELS_CSV)
+    message = next(str(w.message) for w in caught if "duplicate" in str(w.message))
+    assert (
+        f"{data / rsna.LABELS_CSV}: 2 duplicate label row(s): line {len(lines) + 1} repeats "
+        f"line {n} (patientId {pid}); line {len(lines) + 2} repeats line {neg_n} "
+        f"(patientId {neg_pid}); each is counted once"
+    ) in message
+    assert labels == original  # the first rows, with their line numbers
+    with pytest.raises(DataError, match=rf"2 duplicate label row\(s\): line {len(lines) + 1} "):
+        rsna.read_labels(data / rsna.LABELS_CSV, strict=True)
+
+    # the cache and bench evaluate's ground truth hold the box once
+    with pytest.warns(UserWarning, match="duplicate label row"):
+        prep = _prepare(data)
+    k = prep.ids.index(pid)
+    assert len(prep.boxes[k]) == len(original[pid])
+    with pytest.warns(UserWarning, match="duplicate label row"):
+        gt = rsna.load_ground_truth(data)
+    assert len(gt[pid]["boxes"]) == len(original[pid])
+    # a perfect submission (each true box once) scores 1.0
+    rows = ["patientId,PredictionString"]
+    for p, boxes in original.items():
+        rows.append(p + "," + " ".join(f"1.0 {x:g} {y:g} {w:g} {h:g}" for _, x, y, w, h in boxes))
+    sub = tmp_path / "perfect.csv"
+    sub.write_text("\n".join(rows) + "\n")
+    with pytest.warns(UserWarning, match="duplicate label row"):
+        code = main(["evaluate", "--task", "rsna", "--data-root", str(data), "--split", "all",
+                     "--predictions", str(sub)])  # fmt: skip
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["metrics"]["map"] == 1.0

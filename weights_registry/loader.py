@@ -89,18 +89,45 @@ def guess_arch(keys: Any) -> tuple[str | None, str]:
 # ---------------------------------------------------------------------- checkpoint
 
 
+def _reason(e: BaseException) -> str:
+    """The one-line reason of an exception, never blank (``EOFError()`` has no message)."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    text = lines[-1] if lines else ""
+    if len(text) > 200:
+        text = text[:200].rsplit(" ", 1)[0] + " ..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
 def read_checkpoint(path: str | Path, *, trust_checkpoint: bool = False) -> Any:
-    """Load a checkpoint file on CPU: safetensors, or torch.load with weights_only unless trusted."""
+    """Load a checkpoint file on CPU: safetensors, or torch.load with weights_only unless trusted.
+
+    An unreadable file (empty, truncated, not a checkpoint) is a :class:`WeightsError`
+    whose one-line message names the file and the reason.
+    """
     path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise WeightsError(f"could not read checkpoint {path}: {_reason(e)}") from e
+    if size == 0:
+        raise WeightsError(f"could not read checkpoint {path}: the file is empty (0 bytes)")
     if path.name.endswith(".safetensors"):
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as e:  # noqa: BLE001 - SafetensorError is not importable portably
+            raise WeightsError(
+                f"could not read checkpoint {path}: not a valid .safetensors file ({_reason(e)}; "
+                f"{size} bytes)"
+            ) from e
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
     except pickle.UnpicklingError as e:
+        if not _looks_like_torch_file(path):
+            raise WeightsError(_not_torch_message(path, size)) from e
         if trust_checkpoint:
-            raise WeightsError(f"could not read checkpoint {path}: {e}") from e
+            raise WeightsError(f"could not read checkpoint {path}: {_reason(e)}") from e
         first = str(e).strip().splitlines()[-1][:300] if str(e).strip() else ""
         raise UntrustedCheckpointError(
             f"{path} contains pickled Python objects besides tensors (e.g. Lightning "
@@ -108,8 +135,24 @@ def read_checkpoint(path: str | Path, *, trust_checkpoint: bool = False) -> Any:
             f"Pass --trust-checkpoint (Python: trust_checkpoint=True) only if you trust "
             f"where this file comes from: unpickling can execute arbitrary code. ({first})"
         ) from e
-    except (RuntimeError, OSError, EOFError, ValueError) as e:
-        raise WeightsError(f"could not read checkpoint {path}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - torch's unpickler raises anything on a damaged file
+        if not _looks_like_torch_file(path):
+            raise WeightsError(_not_torch_message(path, size)) from e
+        raise WeightsError(f"could not read checkpoint {path}: {_reason(e)} ({size} bytes)") from e
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """Starts like torch.save's zip archive or a pickle (only asked once loading failed)."""
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    return magic == b"PK" or magic[:1] == b"\x80"
+
+
+def _not_torch_message(path: Path, size: int) -> str:
+    with open(path, "rb") as f:
+        magic = f.read(8)
+    return (f"could not read checkpoint {path}: not a PyTorch checkpoint (it starts with {magic!r}, "
+            f"neither a zip archive nor a pickle; {size} bytes)")  # fmt: skip
 
 
 def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:

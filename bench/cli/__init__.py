@@ -2,7 +2,7 @@
 
 Verbs (each module has ``HELP``, ``add_parser(sub, epilog)`` and ``main(args)``, a thin
 layer over a library function): ``run``, ``synth``, ``evaluate``, ``report``,
-``sweep``, ``status``, ``compare``, ``weights``, ``pretrain``, ``demo``. Known errors become one
+``sweep``, ``status``, ``compare``, ``weights``, ``pretrain``, ``demo``, ``perf``. Known errors become one
 clear line: exit code 2 for bad input (before any work), 1 for a run that started
 and failed (its record says why), 130 for Ctrl-C. ``CXRBENCH_DEBUG=1`` shows the
 traceback too.
@@ -14,9 +14,21 @@ import argparse
 import os
 import sys
 
-from bench.cli import compare, demo, evaluate, pretrain, report, run, status, sweep, synth, weights
+from bench.cli import (
+    compare,
+    demo,
+    evaluate,
+    perf,
+    pretrain,
+    report,
+    run,
+    status,
+    sweep,
+    synth,
+    weights,
+)
 
-VERBS = (run, synth, evaluate, report, compare, weights, pretrain, demo, sweep, status)
+VERBS = (run, synth, evaluate, report, compare, weights, pretrain, demo, sweep, status, perf)
 
 EPILOG = """\
 Data: --data-root, else $CXRBENCH_DATA/<task>, else a built-in synthetic dataset
@@ -49,7 +61,9 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from tasks.errors import DataError
     from weights_registry import WeightsError
 
-    return (ValueError, FileNotFoundError, DataError, WeightsError, LeakageError, LoadMismatch)
+    # PermissionError: a folder the command must write into cannot be written
+    return (ValueError, FileNotFoundError, PermissionError, DataError, WeightsError, LeakageError,
+            LoadMismatch)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

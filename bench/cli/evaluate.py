@@ -32,6 +32,14 @@ def main(args) -> int:
     from bench.util import write_json_atomic
     from tasks import get_task
 
+    if args.json:
+        from pathlib import Path
+
+        from bench.util import writable_dir_problem
+
+        problem = writable_dir_problem(Path(args.json).parent)
+        if problem:
+            raise ValueError(f"--json {args.json}: {problem}")
     options = {o.name: getattr(args, o.name, None) for o in get_task(args.task).options}
     result = evaluate_submission(args.task, args.data_root, args.predictions, split=args.split,
                                  split_file=args.split_file, **options)  # fmt: skip

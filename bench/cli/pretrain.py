@@ -76,6 +76,8 @@ def add_parser(sub, epilog: str) -> None:
     g.add_argument("--text-encoder", help="convirt/clip: 'builtin' (a small BERT trained from scratch) or a "
                                           "Hugging Face model folder on disk (never downloaded)")  # fmt: skip
     g.add_argument("--text-max-length", type=int, help="convirt/clip: tokens per sentence")
+    g.add_argument("--crop-scale", type=float,
+                   help="simclr: smallest random-resized-crop scale (recipe 0.08; raise it for tiny images)")
     g.add_argument("--freeze-text-layers", type=int,
                    help="convirt/clip: BERT layers (with the embeddings) kept frozen for a --text-encoder folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -89,7 +91,7 @@ def main(args) -> int:
     fields = ("method", "data", "out", "name", "layout", "views", "arch", "image_size", "epochs", "batch_size",
               "lr", "weight_decay", "optimizer", "seed", "device", "workers", "temperature", "proj_dim",
               "queue_size", "momentum", "positives", "laterality", "lam", "text_encoder", "text_max_length",
-              "freeze_text_layers")  # fmt: skip
+              "freeze_text_layers", "crop_scale")  # fmt: skip
     settings = PretrainSettings(**{k: getattr(args, k) for k in fields})
     pretrain(settings, resume=args.resume, progress=not args.quiet)
     return 0

@@ -31,6 +31,19 @@ def add_parser(sub, epilog: str) -> None:
     p.set_defaults(func=main)
 
 
+def _check_out_folders(sweep) -> None:
+    """The sweep's out folder (and its lr-search folder) writable before the lock or any run."""
+    from bench.util import writable_dir_problem
+
+    folders = [("out", sweep.out)]
+    if sweep.lr_search is not None:
+        folders.append(("lr_search.out", sweep.lr_search.out))
+    for key, folder in folders:
+        problem = writable_dir_problem(folder)
+        if problem:
+            raise ValueError(f"{sweep.source}: {key} {folder}: {problem}")
+
+
 def main(args) -> int:
     from bench.experiments.plan import plan
     from bench.experiments.run import run_sweep
@@ -50,6 +63,7 @@ def main(args) -> int:
         todo = sum(r["action"] != "skip" for r in rows)
         print(f"{sweep.name}: {len(rows)} runs, {todo} to run or waiting", file=sys.stderr)
         return 0
+    _check_out_folders(sweep)
     options = {k: v for k, (kind, v) in flags.items() if kind == args.executor}
     options["threads"] = args.threads
     result = run_sweep(sweep, args.executor, retry_failed=args.retry_failed,

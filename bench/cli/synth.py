@@ -31,7 +31,12 @@ def add_parser(sub, epilog: str) -> None:
 
 
 def main(args) -> int:
+    from bench.util import writable_dir_problem
     from tasks import get_task
+
+    problem = writable_dir_problem(args.out)
+    if problem:
+        raise ValueError(f"--out {args.out}: {problem}")
 
     if args.task == "pretrain":
         from corpora import synth

@@ -5,12 +5,16 @@ and half without, chosen by image id so every init of a task shows the *same* im
 with targets and predictions as the head collected them; drawn by
 :mod:`bench.reporting.examples`) and ``<run_id>.test-predictions.csv`` (the test
 predictions in the task's own submission format, at original resolution, which
-``bench evaluate`` scores). Both are written atomically.
+``bench evaluate`` scores). Both are written atomically (with the user's umask) and are
+optional: :func:`write_optional` turns a failure to write one (a full disk, a folder
+gone read-only) into a note for the run record, with the path, instead of a failed run.
 """
 
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +22,24 @@ import numpy as np
 from bench.util import atomic_write
 
 N_EXAMPLES = 4
+
+
+def write_optional(what: str, path: Path, write: Callable[[], object], errors: list[dict]) -> str | None:
+    """``write()`` an optional side file at ``path``; its path, or None when it failed.
+
+    A failure (``OSError`` such as ENOSPC, or any error while computing the content) is
+    appended to ``errors`` as ``{"artifact", "path", "error"}`` and warned about on
+    stderr; the run it belongs to keeps its status and metrics.
+    """
+    try:
+        write()
+    except Exception as e:  # noqa: BLE001 - an optional file never fails a finished run
+        error = f"{type(e).__name__}: {e}"
+        errors.append({"artifact": what, "path": str(path), "error": error})
+        print(f"warning: could not write the {what} file {path} ({error}); the run keeps its "
+              "metrics and its record notes the missing file", file=sys.stderr)  # fmt: skip
+        return None
+    return str(path)
 
 
 def choose_examples(prepared, test_idx: list[int], n: int = N_EXAMPLES) -> list[int]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import numbers
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,21 +66,7 @@ class RunConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _ = self.spec  # an unknown task fails here, listing the registered ones
-        if self.protocol not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {self.protocol!r}; known: {', '.join(PROTOCOLS)}")
-        if self.arch not in ARCHS:
-            raise ValueError(f"unknown arch {self.arch!r}; known: {', '.join(ARCHS)}")
-        if not 0 < self.fraction <= 1:
-            raise ValueError(f"--fraction must be in (0, 1], got {self.fraction}")
-        if self.image_size % 32 or self.image_size < 32:
-            raise ValueError(f"--image-size must be a multiple of 32 (U-Net/FPN strides), got {self.image_size}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("--epochs and --batch-size must be >= 1")
-        if (self.mean is None) != (self.std is None):
-            raise ValueError("--mean and --std go together (one value, or one per input channel)")
-        if self.std is not None and not all(float(v) > 0 for v in self.std):
-            raise ValueError(f"--std values must be > 0, got {list(self.std)}")
+        check_settings(self)
 
     @property
     def spec(self):
@@ -150,3 +138,37 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _finite_number(v) -> bool:
+    """A real number (Python or numpy), not a bool, not NaN or infinite."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def check_settings(cfg: RunConfig) -> None:
+    """Refuse settings no run can use, with a ``ValueError`` naming the setting (one line).
+
+    Called by ``RunConfig.__post_init__`` (so every sweep run and lr-search candidate,
+    made by ``RunConfig(...)`` or ``dataclasses.replace``, is checked when the sweep file
+    is read) and again by ``bench.engine.runner.execute`` before any work, for a config
+    changed after it was made. Checks only: nothing here changes a setting or a run id.
+    """
+    _ = cfg.spec  # an unknown task fails here, listing the registered ones
+    if cfg.protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {cfg.protocol!r}; known: {', '.join(PROTOCOLS)}")
+    if cfg.arch not in ARCHS:
+        raise ValueError(f"unknown arch {cfg.arch!r}; known: {', '.join(ARCHS)}")
+    if not 0 < cfg.fraction <= 1:
+        raise ValueError(f"--fraction must be in (0, 1], got {cfg.fraction}")
+    if cfg.image_size % 32 or cfg.image_size < 32:
+        raise ValueError(f"--image-size must be a multiple of 32 (U-Net/FPN strides), got {cfg.image_size}")
+    if cfg.epochs < 1 or cfg.batch_size < 1:
+        raise ValueError("--epochs and --batch-size must be >= 1")
+    if cfg.lr is not None and not (_finite_number(cfg.lr) and cfg.lr > 0):
+        raise ValueError(f"--lr must be a positive, finite number, got {cfg.lr!r}")
+    if not (_finite_number(cfg.weight_decay) and cfg.weight_decay >= 0):
+        raise ValueError(f"--weight-decay must be a finite number >= 0, got {cfg.weight_decay!r}")
+    if (cfg.mean is None) != (cfg.std is None):
+        raise ValueError("--mean and --std go together (one value, or one per input channel)")
+    if cfg.std is not None and not all(float(v) > 0 for v in cfg.std):
+        raise ValueError(f"--std values must be > 0, got {list(cfg.std)}")

@@ -13,13 +13,21 @@ to bottom like torchvision's ``references/detection/train.py::main``:
    and, on request, the test submission beside it.
 
 Input problems (missing data, unknown init, leakage, a checkpoint that does not fit)
-are raised before anything is written; once training starts an interrupted or broken
-run is always visible on disk and never half-written.
+are raised before anything is written, and :func:`preflight` checks what costs nothing
+to check before any data is prepared or weights are loaded: the settings, that ``--out``
+is a writable folder, the device, that an init is a catalogue name or an existing file,
+that a checkpoint or split file exists, and that the preprocessing cache can be written
+(or already holds a cache of this task and size). Once training starts an interrupted or broken run is always
+visible on disk and never half-written; an optional side file (examples, submission)
+that cannot be written is noted in the record (``artifact_errors``, with its path) and
+never fails a finished run.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
 import sys
 import time
 import traceback
@@ -28,7 +36,7 @@ from pathlib import Path
 import torch
 
 from bench.engine import artifacts
-from bench.engine.config import RunConfig
+from bench.engine.config import RunConfig, check_settings
 from bench.engine.dataroot import resolve_data_root
 from bench.engine.records import RECORD_VERSION, env_info, record_path, write_json_atomic
 from bench.engine.train import NanLossError, fit, seed_everything
@@ -37,9 +45,14 @@ from bench.models.datasets import make_loader
 from bench.models.device import resolve_device
 from bench.models.heads import make_head
 from bench.models.protocols import count_parameters
+from bench.util import writable_dir_problem
 from tasks.splits import fraction_indices, split_indices
 
-__all__ = ["LeakageError", "RunFailed", "execute", "primary_metric"]
+__all__ = ["LeakageError", "OutputError", "RunFailed", "execute", "preflight", "primary_metric"]
+
+
+class OutputError(ValueError):
+    """A folder the run must write into (``--out``, the cache) cannot be written (bad input)."""
 
 
 class RunFailed(RuntimeError):
@@ -82,7 +95,7 @@ def base_record(cfg: RunConfig) -> dict:
 def execute(cfg: RunConfig) -> dict:
     """Run one configuration and return its final record (also written to ``cfg.out``)."""
     t_start = time.perf_counter()
-    device = resolve_device(cfg.device)
+    device = preflight(cfg)
     if device.type == "cpu":
         torch.backends.cudnn.benchmark = False
     task = cfg.spec
@@ -124,10 +137,89 @@ def execute(cfg: RunConfig) -> dict:
     except Exception as e:  # noqa: BLE001 - recorded, then re-raised as RunFailed
         record.update(status="failed", error=f"{type(e).__name__}: {e}",
                       traceback=traceback.format_exc(limit=20))  # fmt: skip
-    _finish(record, out_path, t_start)
+    try:
+        _finish(record, out_path, t_start)
+    except OSError as e:  # the record itself: say what finished, so nothing is lost
+        metrics = json.dumps(record.get("metrics"), default=str)
+        raise RunFailed(f"run {cfg.run_id} ended {record['status']}, but its record could not be "
+                        f"written to {out_path} ({e}); test metrics: {metrics}", record) from e  # fmt: skip
     if record["status"] != "complete":
         raise RunFailed(f"run {cfg.run_id} {record['status']}: {record.get('error')}", record)
     return record
+
+
+def preflight(cfg: RunConfig) -> torch.device:
+    """Every check that needs no data and no weights, before any work; returns the device.
+
+    Bad input raises a one-line error (``ValueError`` / ``FileNotFoundError`` family:
+    exit code 2 in the CLI): the settings (:func:`~bench.engine.config.check_settings`),
+    ``--out`` (a file, under a file, read-only, no permission), the device (not a device,
+    CUDA without a GPU), an ``--init`` that is neither a catalogue name nor an existing
+    file, ``--checkpoint`` / ``--split-file`` paths that do not exist, and a preprocessing
+    cache (``$CXRBENCH_CACHE``) that cannot be written.
+    """
+    check_settings(cfg)
+    problem = writable_dir_problem(cfg.out)
+    if problem:
+        raise OutputError(f"--out {cfg.out}: {problem}")
+    device = resolve_device(cfg.device)
+    _check_paths(cfg)
+    _check_cache(cfg)
+    return device
+
+
+def _looks_like_path(init: str) -> bool:
+    from weights_registry.catalogue import CHECKPOINT_SUFFIXES, init_names
+
+    text = os.fspath(init)
+    if text in init_names():
+        return False
+    return (text.endswith(CHECKPOINT_SUFFIXES) or "/" in text or os.sep in text
+            or Path(text).expanduser().exists())  # fmt: skip
+
+
+def _check_paths(cfg: RunConfig) -> None:
+    """``--init`` is a catalogue name or an existing file; ``--checkpoint`` and
+    ``--split-file`` exist."""
+    if _looks_like_path(cfg.init):
+        p = Path(cfg.init).expanduser()
+        if not p.exists():
+            raise FileNotFoundError(f"--init {cfg.init}: checkpoint file not found: {p.resolve()}")
+        if not p.is_file():
+            raise FileNotFoundError(f"--init {cfg.init}: {p.resolve()} is a folder, not a checkpoint file")
+    else:
+        from weights_registry import get_entry
+
+        get_entry(cfg.init)  # an unknown name fails here, listing the known ones
+    for flag, value in (("--checkpoint", cfg.checkpoint), ("--split-file", cfg.split_file)):
+        if value is not None and not Path(value).expanduser().exists():
+            raise FileNotFoundError(f"{flag} {value}: file not found: {Path(value).expanduser().resolve()}")
+    if cfg.checkpoint is not None and not Path(cfg.checkpoint).expanduser().is_file():
+        raise FileNotFoundError(f"--checkpoint {cfg.checkpoint}: {Path(cfg.checkpoint).expanduser().resolve()} "
+                                "is a folder, not a checkpoint file")  # fmt: skip
+
+
+def _check_cache(cfg: RunConfig) -> None:
+    """The preprocessing cache must be writable, unless it already holds a cache of this
+    task at this image size (a read-only cache built beforehand stays usable)."""
+    from tasks.cache import cache_root
+
+    root = cache_root()
+    problem = writable_dir_problem(root)
+    if problem is None or _has_prepared(root, cfg.task, cfg.image_size):
+        return
+    raise OutputError(f"the preprocessing cache ($CXRBENCH_CACHE) cannot be written: {problem}; "
+                      "set CXRBENCH_CACHE to a writable folder")  # fmt: skip
+
+
+def _has_prepared(root: Path, task: str, image_size: int) -> bool:
+    for manifest in (root / "prepared" / task).glob("*/manifest.json"):
+        try:
+            if json.loads(manifest.read_text()).get("image_size") == image_size:
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
 
 
 def _data_section(root, synthetic: bool, prepared) -> dict:
@@ -194,17 +286,24 @@ def _train_and_test(cfg, prepared, encoder, winfo, splits, train_idx, device) ->
         "history": fitted["history"],
         "best_epoch": fitted["best_epoch"],
         "stopped_early": fitted["stopped_early"],
+        "diverged": fitted.get("diverged", False),
         "parameters": count_parameters(model),
         "timing_train": {"train_s": round(train_s, 3)},
     }
+    # optional side files: one that cannot be written is noted, never fails the run
+    errors: list[dict] = []
     idx = artifacts.choose_examples(prepared, splits["test"])
     path = Path(cfg.out) / f"{cfg.run_id}.examples.npz"
-    out["examples"] = str(artifacts.save_examples(path, head.examples(model, prepared, idx)))
+    out["examples"] = artifacts.write_optional(
+        "examples", path, lambda: artifacts.save_examples(path, head.examples(model, prepared, idx)), errors)
     if cfg.save_predictions and head.kind == cfg.spec.submission_kind:
-        path = Path(cfg.out) / f"{cfg.run_id}.test-predictions.csv"
-        artifacts.write_submission(path, cfg.spec, head, model, test_loader, prepared,
-                                   cfg.spec.option_values(cfg))  # fmt: skip
-        out["predictions"] = str(path)
+        sub = Path(cfg.out) / f"{cfg.run_id}.test-predictions.csv"
+        out["predictions"] = artifacts.write_optional(
+            "predictions", sub, lambda: artifacts.write_submission(sub, cfg.spec, head, model, test_loader,
+                                                                   prepared, cfg.spec.option_values(cfg)),
+            errors)  # fmt: skip
+    if errors:
+        out["artifact_errors"] = errors
     return out
 
 

@@ -6,6 +6,12 @@ validation split, keeps a copy of the best weights, stops after ``patience`` epo
 without improvement, and raises :class:`NanLossError` as soon as a loss is not
 finite. On CUDA it uses automatic mixed precision and channels_last; on CPU it runs
 in float32 and is repeatable for a given seed.
+
+Divergence (:mod:`bench.engine.divergence`): ``fit`` keeps the loss of the first
+training step (``start_loss``, in the first history entry) and flags each epoch whose
+mean training loss is more than 10x that value (``diverged`` in every history entry,
+and in ``fit``'s result). It only records: training goes on as before, so the numbers
+of a run do not depend on the rule; the lr search leaves diverged candidates out.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from bench.engine.divergence import DIVERGENCE_FACTOR, loss_diverged
 from bench.env import seed_everything  # noqa: F401  (re-exported: bench.engine.train.seed_everything)
 from bench.models.device import autocast, grad_scaler
 
@@ -86,8 +93,12 @@ def fit(
 ) -> dict:
     """Train with early stopping on ``metric`` (higher is better).
 
-    Returns ``{"history", "best_epoch", "best_val", "stopped_early"}`` and leaves
-    the best weights loaded in ``model``.
+    Returns ``{"history", "best_epoch", "best_val", "stopped_early", "start_loss",
+    "diverged"}`` and leaves the best weights loaded in ``model``. Each history entry
+    is ``{"epoch", "train_loss", "val", "best", "seconds", "diverged"}``, the first one
+    also ``"start_loss"`` (the loss of the first step, before any update);
+    ``diverged`` (result) is True when any epoch's mean train loss exceeded
+    ``DIVERGENCE_FACTOR`` x ``start_loss`` (:mod:`bench.engine.divergence`).
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -97,9 +108,17 @@ def fit(
     history: list[dict] = []
     best_val, best_epoch, best_state = -math.inf, -1, None
     stale = 0
+    first: list[float] = []  # the loss of the first step, before any update
+
+    def step(m, batch, dev):
+        loss = loss_step(m, batch, dev)
+        if not first:
+            first.append(float(loss.detach()))
+        return loss
+
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
-        train_loss = train_one_epoch(model, train_loader, loss_step, optimizer, scaler, device, epoch, progress)
+        train_loss = train_one_epoch(model, train_loader, step, optimizer, scaler, device, epoch, progress)
         val = evaluate(model, val_loader)
         score = _score(val.get(metric))
         improved = score > best_val
@@ -110,6 +129,10 @@ def fit(
             stale += 1
         entry = {"epoch": epoch, "train_loss": train_loss, "val": val, "best": improved,
                  "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
+        start = first[0] if first else None
+        if epoch == 1:
+            entry["start_loss"] = start
+        entry["diverged"] = loss_diverged(train_loss, start, DIVERGENCE_FACTOR)
         history.append(entry)
         if on_epoch:
             on_epoch(entry)
@@ -122,4 +145,6 @@ def fit(
         "best_epoch": best_epoch,
         "best_val": best_val if math.isfinite(best_val) else None,
         "stopped_early": len(history) < epochs,
+        "start_loss": first[0] if first else None,
+        "diverged": any(h["diverged"] for h in history),
     }

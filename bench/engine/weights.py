@@ -54,7 +54,10 @@ def load_weights(cfg: RunConfig, *, synthetic: bool = False):
 
     if synthetic and cfg.init in METHOD_NAMES and cfg.checkpoint is None and not Path(cfg.init).exists():
         return _builtin_pretrained(cfg)
-    if not Path(cfg.init).expanduser().exists():
+    path = Path(cfg.init).expanduser()
+    if not path.exists():
+        if "/" in cfg.init or cfg.init.endswith(wr.catalogue.CHECKPOINT_SUFFIXES):
+            raise wr.WeightsError(f"checkpoint file not found: {path.resolve()}")
         entry = wr.get_entry(cfg.init)  # unknown names fail here, listing the known ones
         if wr.check_leakage(entry, cfg.task) and not cfg.allow_leakage:
             raise LeakageError(_leakage_message(cfg, entry.pretrained_on))

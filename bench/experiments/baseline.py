@@ -2,7 +2,13 @@
 
 A cell is one (task, init, protocol, fraction, metric) of the report's main tables: the
 test primary metric summarized over seeds by :func:`bench.reporting.frame.aggregate`
-(no second aggregation here). The verdicts are :mod:`bench.experiments.compare`.
+(no second aggregation here, each seed once). A cell is also one set of settings: runs
+of one (task, init, protocol, fraction) that differ in a setting that changes the
+result (:func:`bench.reporting.frame.result_settings`, e.g. a sweep read together with
+its ``-lr-search`` candidates) are refused with a ValueError naming the settings
+(:func:`check_one_setting_per_cell`), since a baseline cell holds one set of seeds.
+Each cell keeps its ``settings`` so that ``bench compare`` can name the settings that
+differ from the baseline's. The verdicts are :mod:`bench.experiments.compare`.
 
 Baseline file (JSON, ``BASELINE_FORMAT`` version ``BASELINE_VERSION``)::
 
@@ -17,7 +23,8 @@ Baseline file (JSON, ``BASELINE_FORMAT`` version ``BASELINE_VERSION``)::
                  {"task": "mytask", "init": "random", "protocol": "linear",
                   "fraction": 0.1, "metric": "dice", "mean": 0.61, "std": 0.02,
                   "ci_low": 0.56, "ci_high": 0.66, "ci_half": 0.05, "n": 3,
-                  "seeds": [0, 1, 2]}, ...}}
+                  "seeds": [0, 1, 2],
+                  "settings": {"arch": "resnet18", "lr": 0.001, ...}}, ...}}
 
 The cell key is for reading diffs only; the fields inside each cell are what is
 compared.
@@ -34,6 +41,7 @@ import pandas as pd
 
 from bench.engine.records import get_field, write_json_atomic
 from bench.reporting import GROUP, aggregate, read_records, records_to_frame
+from bench.reporting.frame import setting_text, settings_conflicts
 
 BASELINE_FORMAT = "cxrbench-baseline"
 BASELINE_VERSION = 1
@@ -90,10 +98,38 @@ def read_runs(runs_dir: str | Path) -> tuple[list[dict], pd.DataFrame]:
     return records, records_to_frame(records)
 
 
+def check_one_setting_per_cell(df: pd.DataFrame) -> None:
+    """ValueError naming the cells whose complete runs differ in a setting that changes
+    the result (:func:`bench.reporting.frame.settings_conflicts`), and those settings."""
+    conflicts = settings_conflicts(df)
+    if not conflicts:
+        return
+    parts = []
+    for c in conflicts[:5]:
+        differ = "; ".join(f"{k}: {', '.join(v)}" for k, v in c["settings"].items())
+        parts.append(
+            f"{c['task']} {c['init']} {c['protocol']} {float(c['fraction']) * 100:g}% ({differ})"
+        )
+    more = f" and {len(conflicts) - 5} more" if len(conflicts) > 5 else ""
+    raise ValueError(
+        f"the runs hold more than one set of settings for {len(conflicts)} cell(s), which "
+        f"would be compared as one: {'; '.join(parts)}{more}. A cell is every setting "
+        "that changes the result (the run id's settings minus the seed); give the folder "
+        "of one sweep (not together with its -lr-search folder) or of one configuration"
+    )
+
+
 def cells_from_frame(df: pd.DataFrame) -> dict[str, dict]:
-    """Baseline-style cells (key -> fields + stats + seeds) from
+    """Baseline-style cells (key -> fields + stats + seeds + settings) from
     :func:`~bench.reporting.frame.aggregate` of the complete runs in ``df`` (a
-    :func:`~bench.reporting.frame.records_to_frame` frame)."""
+    :func:`~bench.reporting.frame.records_to_frame` frame); ValueError when a cell's
+    runs differ in a setting that changes the result (:func:`check_one_setting_per_cell`)."""
+    check_one_setting_per_cell(df)
+    settings = {}
+    if "settings" in df and len(df):
+        for r in df[df["status"] == "complete"].to_dict("records"):
+            settings.setdefault((r["task"], r["init"], r["protocol"], float(r["fraction"])),
+                                r["settings"])  # fmt: skip
     cells = {}
     for r in aggregate(df).to_dict("records"):
         cell = {k: r[k] for k in GROUP}
@@ -101,8 +137,25 @@ def cells_from_frame(df: pd.DataFrame) -> dict[str, dict]:
         cell.update({k: finite(r.get(k)) for k in STAT_KEYS})
         cell["n"] = int(r.get("n") or 0)
         cell["seeds"] = [int(s) for s in r.get("seeds", [])]
+        found = settings.get((cell["task"], cell["init"], cell["protocol"], cell["fraction"]))
+        if found is not None:
+            cell["settings"] = json.loads(json.dumps(found, default=str))
         cells[cell_key(cell)] = cell
     return cells
+
+
+def settings_differences(base: dict, new: dict) -> list[str]:
+    """``name: baseline X, runs Y`` for each result-changing setting in which the two
+    cells differ (none when either cell has no ``settings``, e.g. an older baseline)."""
+    a, b = base.get("settings"), new.get("settings")
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return []
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if json.dumps(va, sort_keys=True) != json.dumps(vb, sort_keys=True):
+            out.append(f"{k}: baseline {setting_text(va)}, runs {setting_text(vb)}")
+    return out
 
 
 def config_name(records: list[dict], runs_dir: str | Path) -> str:

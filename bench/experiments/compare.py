@@ -13,6 +13,13 @@ primary metric summarized over seeds by :func:`bench.reporting.frame.aggregate`.
   failed). Both count as failures, like regressions.
 - 🆕 ``new``: in the runs but not in the baseline; information only.
 
+A cell's runs must share every setting that changes the result (the run id's settings
+minus the seed, :func:`bench.reporting.frame.result_settings`): runs of one cell that
+differ (a sweep read together with its ``-lr-search`` folder, two learning rates, two
+image sizes) are an input error naming the settings, not one averaged cell; each seed
+counts once (the newest complete record). Settings in which a cell differs from the
+baseline's cell are notes, like the run-wide ``SETTING_FIELDS``.
+
 The summary is markdown (stdout, ``--summary FILE`` and, when set, appended to
 ``$GITHUB_STEP_SUMMARY``); the exit status is 1 when any cell failed, else 0.
 ``--update-baseline`` writes the baseline from the runs instead (atomically).
@@ -35,6 +42,7 @@ from bench.experiments.baseline import (
     load_baseline,
     match_key,
     read_runs,
+    settings_differences,
     settings_of,
     write_baseline,
 )
@@ -112,6 +120,13 @@ def compare(
     for field, was in (base.get("settings") or {}).items():
         if field in now and now[field] != was:
             notes.append(f"`{field}` differs: baseline {was}, runs {now[field]}")
+    by_diff: dict[str, list[str]] = {}
+    for row in rows:
+        if row["baseline"] is not None and row["new"] is not None:
+            for diff in settings_differences(row["baseline"], row["new"]):
+                by_diff.setdefault(diff, []).append(row["cell"])
+    for diff, cells in by_diff.items():
+        notes.append(f"{diff} in {len(cells)} cell(s): {', '.join(f'`{c}`' for c in cells)}")
     return {
         "rows": rows,
         "counts": counts,

@@ -15,10 +15,20 @@ atomically by the runner, so a killed sweep leaves whole records only.
 
 Learning-rate selection (LoVT, :func:`select_lr`): for each cell (the runs that differ
 only in their seed), one run per candidate lr at the selection seed runs first, into
-``lr_search.out``. The candidate with the best *validation* primary metric wins (ties:
-the first listed; failed or diverged candidates are left out), then every seed runs at
-that lr in ``out``. Final records carry ``lr_selection: {candidates, chosen, val_scores,
-metric, split, seed, selection_run_ids, selection_out}``. The candidate run at the
+``lr_search.out``. Candidates that failed, stopped on a NaN loss, have no finite
+validation score or *diverged* (:mod:`bench.engine.divergence`: a train loss above 10x
+the first step's) are left out and never win. Among the rest the best *validation*
+primary metric wins; candidates tied on it (equal up to float rounding,
+:data:`TIE_REL_TOL`) are decided, in this order, by the lower validation loss of the
+kept weights (``metrics.val.loss``, or ``loss`` / ``val_loss`` of the best epoch's
+history entry, when every tied candidate recorded one), else by the lower final train
+loss (the last epoch's mean; the runner records no validation loss today, and the
+train loss is the recorded measure of how well the candidate fit), else by the
+smaller lr (the cautious choice). Then every seed runs at that lr in ``out``. Final
+records carry ``lr_selection: {candidates, chosen, val_scores, metric, split, seed,
+selection_run_ids, selection_out, rule, excluded}``: ``rule`` says which rule decided
+(see :data:`RULES`), ``excluded`` maps each left-out candidate (``repr(lr)``) to why
+(``failed``, ``nan_loss``, ``diverged``, ``no validation score``). The candidate run at the
 chosen lr is the same run (same run id) as the final run of the selection seed, so the
 plan names it (:attr:`Step.reuse`) to be copied, not run again. Until every candidate
 has a finished record the final runs ``wait``; when none completed they are ``blocked``.
@@ -32,11 +42,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.engine.config import RunConfig
-from bench.engine.records import read_record, record_path
+from bench.engine.divergence import record_diverged
+from bench.engine.records import get_field, read_record, record_path
 from bench.experiments.sweep import Cell, Sweep
 
 STAGES = ("lr_search", "runs")
 WAITING = ("wait", "blocked")  # final runs whose lr is not chosen (yet)
+TIE_REL_TOL = 1e-9  # validation scores this close (relative) are a tie
+# the ``rule`` of an ``lr_selection``, by how the choice was made
+RULES = {
+    "only": "the only candidate that completed without diverging",
+    "val": "best validation {metric}",
+    "val_loss": "tie on validation {metric}: lower validation loss",
+    "train_loss": "tie on validation {metric}: lower final train loss (no validation loss recorded)",
+    "lr": "tie on validation {metric} and loss: smaller lr",
+}
 
 
 # ---------------------------------------------------------------- resume decisions
@@ -83,11 +103,76 @@ def resume_action(
 # ---------------------------------------------------------------- lr selection
 
 
+def _val_loss(rec: dict) -> float | None:
+    """The validation loss of a candidate's kept weights, when its record has one."""
+    value = get_field(rec, "metrics.val.loss")
+    if value is None:
+        history = rec.get("history") if isinstance(rec.get("history"), list) else []
+        best = [
+            h for h in history if isinstance(h, dict) and h.get("epoch") == rec.get("best_epoch")
+        ]
+        entry = best[0] if best else (history[-1] if history else {})
+        value = get_field(
+            entry, "val.loss", entry.get("val_loss") if isinstance(entry, dict) else None
+        )
+    return _finite(value)
+
+
+def _final_train_loss(rec: dict) -> float | None:
+    history = rec.get("history") if isinstance(rec.get("history"), list) else []
+    return (
+        _finite(history[-1].get("train_loss"))
+        if history and isinstance(history[-1], dict)
+        else None
+    )
+
+
+def _finite(value) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def choose_lr(
+    results: list[tuple[float, float, dict]], metric: str | None
+) -> tuple[float | None, str | None]:
+    """``(chosen lr, rule)`` among ``(lr, validation score, record)`` of the eligible
+    candidates (complete, finite score, not diverged); ``(None, None)`` when there is
+    none. The rule texts are :data:`RULES` (module docstring for the order)."""
+    if not results:
+        return None, None
+    if len(results) == 1:
+        return results[0][0], RULES["only"]
+    top = max(score for _, score, _ in results)
+    tied = [r for r in results if math.isclose(r[1], top, rel_tol=TIE_REL_TOL, abs_tol=1e-12)]
+    what = metric or "metric"
+    if len(tied) == 1:
+        return tied[0][0], RULES["val"].format(metric=what)
+    for key, measure in (("val_loss", _val_loss), ("train_loss", _final_train_loss)):
+        losses = [measure(rec) for _, _, rec in tied]
+        if all(v is not None for v in losses):
+            low = min(losses)
+            best = [r for r, v in zip(tied, losses) if v == low]
+            if len(best) == 1:
+                return best[0][0], RULES[key].format(metric=what)
+            tied = best
+            if key == "val_loss":
+                break  # equal validation losses: the smaller lr decides
+    return min(lr for lr, _, _ in tied), RULES["lr"].format(metric=what)
+
+
 def select_lr(cell: Cell) -> dict | None:
     """The ``lr_selection`` of a cell from its candidates' records, or None while any
-    candidate has no finished record. ``chosen`` is None when no candidate completed."""
+    candidate has no finished record. ``chosen`` is None when no candidate completed
+    without diverging (module docstring: the rules, in order)."""
     scores: dict[str, float | None] = {}
-    best, metric = None, None
+    excluded: dict[str, str] = {}
+    eligible: list[tuple[float, float, dict]] = []
+    metric = None
     for cand in cell.candidates:
         rec = read_status(record_path(cand.out, cand.run_id))
         if (
@@ -102,18 +187,28 @@ def select_lr(cell: Cell) -> dict | None:
             score = rec["metrics"]["val"].get(metric)
             if score is not None and not math.isfinite(score):
                 score = None
-        scores[repr(cand.lr)] = score
-        if score is not None and (best is None or score > best[1]):
-            best = (cand.lr, score)
+        key = repr(cand.lr)
+        scores[key] = score
+        if rec["status"] != "complete":
+            excluded[key] = rec["status"]
+        elif record_diverged(rec):
+            excluded[key] = "diverged"
+        elif score is None:
+            excluded[key] = "no validation score"
+        else:
+            eligible.append((cand.lr, score, rec))
+    chosen, rule = choose_lr(eligible, metric)
     return {
         "candidates": [c.lr for c in cell.candidates],
-        "chosen": None if best is None else best[0],
+        "chosen": chosen,
         "val_scores": scores,
         "metric": metric,
         "split": "val",
         "seed": cell.candidates[0].seed,
         "selection_run_ids": [c.run_id for c in cell.candidates],
         "selection_out": cell.candidates[0].out,
+        "rule": rule,
+        "excluded": excluded,
     }
 
 

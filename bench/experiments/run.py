@@ -58,6 +58,7 @@ class SweepResult:
             "failed": len(self.failed),
             "pending": self.pending,
             "lr_chosen": [[cell, sel["chosen"]] for cell, sel in self.selections],
+            "lr_rule": [[cell, sel.get("rule")] for cell, sel in self.selections],
         }
 
 
@@ -117,13 +118,28 @@ def _execute_stage(
         log(f"[{i}/{len(todo)}] {o.line()}")
 
 
+def selection_line(cell: str, sel: dict) -> str:
+    """One log line for a decided lr search: the choice, the rule that decided it and
+    the candidates left out (``diverged``, ``failed``, ...)."""
+    out = sel.get("excluded") or {}
+    left = f"; left out: {', '.join(f'{lr} ({why})' for lr, why in out.items())}" if out else ""
+    if sel["chosen"] is None:
+        return f"lr search {cell}: no candidate completed without diverging{left}"
+    return f"lr search {cell}: lr {sel['chosen']:g} chosen by {sel.get('rule') or 'best validation score'}{left}"
+
+
 def _take_selections(plan: SweepPlan, result: SweepResult, log: Log) -> None:
-    """Record the lr choices of ``plan``; its blocked runs fail, its waiting runs pend."""
+    """Record the lr choices of ``plan`` (one log line each: the rule that decided);
+    its blocked runs fail, its waiting runs pend."""
     result.selections += plan.selections
+    for cell, sel in plan.selections:
+        log(selection_line(cell, sel))
     for step in plan.stage("runs"):
         if step.action == "blocked":
             ids = ", ".join(step.selection["selection_run_ids"])
-            error = f"no lr candidate completed: {ids}"
+            out = step.selection.get("excluded") or {}
+            why = f" ({', '.join(f'{lr}: {r}' for lr, r in out.items())})" if out else ""
+            error = f"no lr candidate completed without diverging{why}: {ids}"
             result.outcomes.append(Outcome(step.cfg.run_id, "error", error, stage="runs"))
     result.pending = plan.pending
     if result.pending:

@@ -33,17 +33,17 @@ def _blur_kernel(size: int) -> int:
     return k + 1 if k % 2 == 0 else k
 
 
-def simclr_transform(size: int) -> Callable:
+def simclr_transform(size: int, min_scale: float = 0.08) -> Callable:
     """SimCLR views for chest X-rays, as in LoVT's SimCLR baseline.
 
-    Random resized crop (scale 0.08-1, SimCLR's and torchvision's default, which LoVT
-    keeps), brightness/contrast jitter 0.8 with p = 0.8 (SimCLR's strength, no
+    Random resized crop (scale ``min_scale``-1; 0.08 is SimCLR's and torchvision's
+    default, which LoVT keeps; ``--crop-scale`` raises it for tiny images), brightness/contrast jitter 0.8 with p = 0.8 (SimCLR's strength, no
     saturation/hue), horizontal flip, Gaussian blur (kernel 10% of the side, σ 0.1-2)
     with p = 0.5.
     """
     return v2.Compose([
         _to_float(),
-        v2.RandomResizedCrop(size, scale=(0.08, 1.0), antialias=True),
+        v2.RandomResizedCrop(size, scale=(min_scale, 1.0), antialias=True),
         v2.RandomApply([v2.ColorJitter(brightness=0.8, contrast=0.8)], p=0.8),
         v2.RandomHorizontalFlip(),
         v2.RandomApply([v2.GaussianBlur(_blur_kernel(size), sigma=(0.1, 2.0))], p=0.5),

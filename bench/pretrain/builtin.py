@@ -21,7 +21,7 @@ from pathlib import Path
 BUILTIN_CORPUS = {"n_patients": 60, "seed": 7, "size": 128}
 # the same small budget for every method; the recipe's loss settings otherwise
 BUILTIN = {"image_size": 64, "epochs": 4, "batch_size": 32, "seed": 0}
-BUILTIN_METHOD = {"moco": {"queue_size": 512, "lr": 0.03}, "simclr": {"lr": 1e-3}, "convirt": {"lr": 3e-4},
+BUILTIN_METHOD = {"moco": {"queue_size": 512, "lr": 0.03}, "simclr": {"lr": 1e-3, "crop_scale": 0.5}, "convirt": {"lr": 3e-4},
                   "clip": {"lr": 3e-4, "weight_decay": 0.01}, "supervised": {"lr": 1e-3}}  # fmt: skip
 
 

@@ -47,6 +47,7 @@ class PretrainSettings:
     text_encoder: str | None = None
     text_max_length: int | None = None
     freeze_text_layers: int | None = None
+    crop_scale: float | None = None
     from_recipe: list[str] = field(default_factory=list)
 
     @property

@@ -6,6 +6,10 @@ read a cell, one section per task (main table, links to its CSV/LaTeX, primary-m
 notes, label-efficiency figure, learning rates, secondary metrics), consistency notes,
 example predictions and the caller's extra sections, then the bookkeeping sections
 (runs that did not complete, skipped files, initializations, settings, appendix).
+
+Every file the report writes lies in the folder of ``out_md``: a record's ``task`` and
+``run_id`` only reach a file name through :func:`slug` and its ``init`` never does (a
+record read from disk may hold anything, e.g. a task ``../../x``).
 """
 
 from __future__ import annotations
@@ -103,10 +107,17 @@ def _extra(sections, records: list[dict], runs_dir, out_md: Path, figures: bool)
     if figures and records:
         from bench.reporting.examples import example_sections
 
-        drawn = example_sections(records, Path(runs_dir), out_md)
+        drawn = example_sections(_file_safe(records), Path(runs_dir), out_md)
         if drawn:
             sections.insert(0, "\n".join(["## Example predictions", "", *drawn]))
     return [s.strip("\n") for s in sections if s and s.strip()]
+
+
+def _file_safe(records: list[dict]) -> list[dict]:
+    """Copies whose ``task`` and ``run_id`` (the parts of the example figures' file names and
+    of the search for their ``.examples.npz``) are safe file-name parts; unchanged for any
+    record `bench run` wrote (its task is a registered name, its run id already safe)."""
+    return [{**r, "task": slug(r.get("task")), "run_id": slug(r.get("run_id"))} for r in records]
 
 
 def _bookkeeping(df: pd.DataFrame, records: list[dict], skipped) -> list[str]:

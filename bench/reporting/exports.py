@@ -19,9 +19,12 @@ TIDY_COLUMNS = ["task", "init", "protocol", "fraction", "metric",
 
 def table_frame(agg: pd.DataFrame, task: str) -> pd.DataFrame:
     """One task's main table in tidy form, in the table's order: ``TIDY_COLUMNS`` plus
-    ``mark`` (best / within_ci / empty), ``seeds`` and the leakage/partial/synthetic flags."""
+    ``mark`` (best / within_ci / empty), ``seeds``, the leakage/partial/synthetic flags,
+    and ``init_name`` / ``variant`` (``init`` is the row label: the init name plus, for a
+    cell split by differing settings, those settings; :mod:`bench.reporting.frame`)."""
     a = agg[agg["task"] == task]
-    cols = [*TIDY_COLUMNS, "mark", "seeds", "leakage", "partial", "synthetic"]
+    cols = [*TIDY_COLUMNS, "mark", "seeds", "leakage", "partial", "synthetic", "init_name",
+            "variant"]  # fmt: skip
     if a.empty:
         return pd.DataFrame(columns=cols)
     lay = layout(a)
@@ -36,6 +39,8 @@ def table_frame(agg: pd.DataFrame, task: str) -> pd.DataFrame:
             row["mark"] = lay["marks"].get((task, i, *c), "")
             row["seeds"] = " ".join(str(s) for s in r.get("seeds", []))
             row.update({k: bool(r.get(k, False)) for k in ("leakage", "partial", "synthetic")})
+            row["init_name"] = r.get("init_name") or i
+            row["variant"] = r.get("variant") or ""
             rows.append(row)
     return pd.DataFrame(rows, columns=cols)
 

@@ -48,9 +48,20 @@ def metric_notes(task: str | None = None) -> dict[str, str]:
 
 
 def ordered(values, known) -> list:
-    """The distinct ``values``: those in ``known`` in its order, then the others sorted."""
+    """The distinct ``values``: those in ``known`` in its order, then the others sorted.
+
+    A row label of a cell with differing settings (``imagenet [lr=0.001]``, see
+    :mod:`bench.reporting.frame`) sorts right after its init name's place."""
     vals = list(dict.fromkeys(values))
-    return [v for v in known if v in vals] + sorted(v for v in vals if v not in known)
+    rest = [v for v in vals if v not in known]
+    base = {v: v.split(" [", 1)[0] for v in rest if isinstance(v, str) and " [" in v}
+    placed = {v: b for v, b in base.items() if b in known}
+    out = []
+    for k in known:
+        if k in vals:
+            out.append(k)
+        out += sorted(v for v, b in placed.items() if b == k)
+    return out + sorted(v for v in rest if v not in placed)
 
 
 def sort_runs(df: pd.DataFrame, *, by: list[str], then: list[str]) -> pd.DataFrame:

@@ -8,7 +8,7 @@ import json
 
 import pandas as pd
 
-from bench.reporting.frame import is_nan, lr_used
+from bench.reporting.frame import is_nan, lr_used, seed_duplicates, settings_conflicts
 from bench.reporting.markdown import (
     LEAK_MARK,
     PARTIAL_MARK,
@@ -58,8 +58,9 @@ def synthetic_block(df: pd.DataFrame) -> str:
 
 
 def consistency_notes(df: pd.DataFrame) -> list[str]:
-    """Warnings about tables that mix what should not be mixed (synthetic and real data,
-    archs, image sizes, several complete runs of one seed, runs without a test metric)."""
+    """Warnings about what a table holds side by side (synthetic and real data, archs,
+    image sizes), the cells split by differing settings (each its own row), records of
+    one seed counted once (the newest), and runs without a test metric."""
     notes = []
     done = df[df["status"] == "complete"]
     for task, g in done.groupby("task", sort=True):
@@ -69,13 +70,29 @@ def consistency_notes(df: pd.DataFrame) -> list[str]:
             vals = sorted({str(v) for v in g[col].dropna()}) if col in g else []
             if len(vals) > 1:
                 notes.append(f"`{task}` mixes {col} values {', '.join(vals)} in one table.")
-    dup = done.groupby(["task", "init", "protocol", "fraction", "seed"]).size()
-    for key, count in dup[dup > 1].items():
-        task, init, proto, frac, seed = key
+    for c in settings_conflicts(df):
+        differ = "; ".join(f"{k}: {', '.join(v)}" for k, v in c["settings"].items())
+        rows = ", ".join(f"`{label}`" for label in c["cells"])
         notes.append(
-            f"`{task}` {init} {proto} {pct(frac)} has {count} complete runs for seed {seed}; "
-            "all enter the mean (differing hyper-parameters?)."
+            f"`{c['task']}` {c['init']} {c['protocol']} {pct(c['fraction'])}: the runs differ "
+            f"in settings that change the result ({differ}); each setting is its own row "
+            f"({rows}), never averaged together."
         )
+    for d in seed_duplicates(df):
+        notes.append(
+            f"`{d['task']}` {d['init']} {d['protocol']} {pct(d['fraction'])}: seed {d['seed']} "
+            f"has {1 + len(d['ignored'])} complete records of the same settings "
+            f"({', '.join(d['ignored'])} and {d['used']}); the seed counts once, with the "
+            f"newest: {d['used']}."
+        )
+    if "duplicates" in df:
+        for r in done[done["duplicates"].map(bool)].to_dict("records"):
+            others = ", ".join(f"`{p}`" for p in r["duplicates"])
+            notes.append(
+                f"run `{r['run_id']}` is in {1 + len(r['duplicates'])} files ({others} and "
+                f"`{r['path']}`); it counts once, with the newest complete record `{r['path']}` "
+                "(the others are listed under Skipped files)."
+            )
     missing = done[done["test_primary"].isna()]
     if len(missing):
         ids = ", ".join(missing["run_id"].astype(str).head(10))
@@ -225,7 +242,8 @@ def _lr_from(r: dict) -> str:
 def _flags(r: dict) -> str:
     out = [("partial " + PARTIAL_MARK) if r["partial"] else "",
            ("leakage " + LEAK_MARK) if r["leakage"] else "",
-           "synthetic" if r["synthetic"] else ""]  # fmt: skip
+           "synthetic" if r["synthetic"] else "",
+           "diverged" if r.get("diverged") is True else ""]  # fmt: skip
     return ", ".join(f for f in out if f)
 
 
@@ -249,7 +267,8 @@ def appendix(df: pd.DataFrame) -> str:
     title = caption("All runs", bool(d["synthetic"].any()))
     legend = (
         "`lr from`: `search (k)` = chosen on validation among k candidates, `fixed` = "
-        "configured. Only `complete` runs enter the tables."
+        "configured. `diverged`: a train loss above 10x its first step's (an lr search "
+        "never chooses such a run). Only `complete` runs enter the tables."
     )
     table = md_table(APPENDIX_HEADER, rows)
     return "\n".join(["## Appendix: per-run results", "", title, "", table, "", legend])

@@ -263,14 +263,19 @@ def lr_table(df: pd.DataFrame, task: str) -> str:
     return "\n".join([title, "", md_table(header, rows), "", note, "", _lr_scores(d)])
 
 
-def _lr_score_row(key: tuple, sel: dict, seeds: list, cands: list[float]) -> list[str]:
+def _lr_score_row(key: tuple, sel: dict, seeds: list, cands: list[float], rules: bool) -> list[str]:
     init, proto, frac, metric, _ = key
     sel_seed = "" if sel.get("seed") is None else str(sel["seed"])
     row = [init, proto, pct(frac), " ".join(map(str, sorted(seeds))), sel_seed, metric]
+    excluded = sel.get("excluded") or {}
     for c in cands:
         v = sel["val_scores"].get(c)
         text = "–" if c not in sel["candidates"] else ("n/a" if is_nan(v) else f"{v:.4f}")
+        if excluded.get(c) == "diverged":
+            text += " ✗ diverged"
         row.append(text + (" ✓" if c == sel["chosen"] else ""))
+    if rules:
+        row.append(sel.get("rule") or "–")
     return row
 
 
@@ -281,20 +286,24 @@ def _lr_scores(d: pd.DataFrame) -> str:
     groups: dict[tuple, dict] = {}
     for r in recs:
         sel = r["lr_selection"]
-        sig = json.dumps([sel["chosen"], sorted(sel["val_scores"].items())])
+        sig = json.dumps([sel["chosen"], sorted(sel["val_scores"].items()), sel.get("rule")])
         key = (r["init"], r["protocol"], r["fraction"], r["primary_metric"], sig)
         groups.setdefault(key, {"sel": sel, "seeds": []})["seeds"].append(r["seed"])
     inits = ordered(d["init"], INIT_ORDER)
     protocols = ordered(d["protocol"], PROTOCOL_ORDER)
+    rules = any(g["sel"].get("rule") for g in groups.values())
     rows = [
-        _lr_score_row(key, groups[key]["sel"], groups[key]["seeds"], cands)
+        _lr_score_row(key, groups[key]["sel"], groups[key]["seeds"], cands, rules)
         for key in sorted(groups, key=lambda k: (inits.index(k[0]), protocols.index(k[1]), k[2]))
     ]
     header = ["init", "protocol", "fraction", "seeds", "selected at seed", "val metric",
-              *(f"lr {c:g}" for c in cands)]  # fmt: skip
+              *(f"lr {c:g}" for c in cands), *(["decided by"] if rules else [])]  # fmt: skip
     legend = (
-        "✓ = chosen; n/a = the candidate run failed or diverged (left out of the choice); "
-        "`seeds` = the final runs that used this choice."
+        "✓ = chosen; n/a = the candidate run failed or stopped on a NaN loss; ✗ diverged = "
+        "its train loss rose above 10x its first step's (left out of the choice, whatever "
+        "its score); ties on the validation metric go to the lower validation loss, else "
+        "the lower final train loss, else the smaller lr (`decided by`); `seeds` = the "
+        "final runs that used this choice."
     )
     body = "\n".join([md_table(header, rows), "", legend])
     return details("Validation score of each candidate learning rate", body)

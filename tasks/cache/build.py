@@ -1,7 +1,8 @@
 """Building the preprocessing cache: a task's matched items decoded once into fixed-size arrays.
 
 Owns: :func:`match_labels_to_dicoms` (which labelled ids have an image, with the
-mismatches warned about or refused) and :func:`build_cache` (decode every item once,
+mismatches warned about or refused; images without a label row are warned about, with
+their count and first paths) and :func:`build_cache` (decode every item once,
 resize, store ``images.npy``, ``masks.npy``, ``boxes.npz`` and ``manifest.json``; built
 in a temporary folder and renamed into place, so an interrupted build never leaves a
 partial cache).
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from bench.util import writable_dir_problem
 from tasks import imageio
 from tasks.cache.store import (
     BOXES_FILE,
@@ -52,10 +54,21 @@ def match_labels_to_dicoms(
 
     Label ids without a DICOM are a warning (skipped, counted in the manifest) or, with
     ``strict``, an error naming the label file; no match at all is always an error.
+    DICOMs without a label row are not used: a warning with their count and first paths
+    (the manifest lists them all).
     """
     matched = sorted(set(dicoms) & set(labels))
     without_dicom = sorted(set(labels) - set(dicoms))
     without_labels = sorted(set(dicoms) - set(labels))
+    if without_labels and matched:
+        base = Path(dicom_dir).resolve().parent
+        shown = [relative_path(dicoms[i], base) for i in without_labels[:5]]
+        more = f" (+{len(without_labels) - 5} more)" if len(without_labels) > 5 else ""
+        warnings.warn(
+            f"{dicom_dir}: {len(without_labels)} {kind} file(s) have no row in {label_csv} and are "
+            f"not used, e.g. {shown}{more}",
+            stacklevel=4,
+        )
     if without_dicom:
         msg = (
             f"{label_csv}: {len(without_dicom)} {id_name}(s) have no {kind} {where_missing}, "
@@ -108,9 +121,14 @@ def build_cache(
     root = Path(root).resolve()
     if not items:
         raise DataError(f"{root}: no {task} images to prepare")
+    problem = writable_dir_problem(cache_dir.parent)
+    if problem:
+        raise DataError(f"cannot write the preprocessing cache of {root}: {problem}; "
+                        "set CXRBENCH_CACHE to a writable folder")  # fmt: skip
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{cache_dir.name}-", dir=cache_dir.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the cache follows the umask
         records, skipped = _decode_into(
             tmp, task=task, root=root, items=items, size=s, load_item=load_item,
             has_masks=has_masks, has_boxes=has_boxes, strict=strict, progress=progress,
@@ -129,6 +147,12 @@ def build_cache(
     prepared = load_prepared(cache_dir)
     assert prepared is not None
     return prepared
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _decode_into(

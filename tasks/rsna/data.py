@@ -49,7 +49,7 @@ def prepare(
         "label_sha256": sha256_file(label_csv),
         "class_file": class_csv.name if class_csv else None,
         "class_sha256": sha256_file(class_csv) if class_csv else None,
-        "boxes": "xyxy-clip-scale-v1",
+        "boxes": "xyxy-clip-scale-v2",  # v2: repeated label rows counted once
     }
     key = cache.cache_key(TASK, image_size, material, found["dicoms"].values(), root)
     cache_dir = cache.cache_dir_for(TASK, key)

@@ -1,15 +1,17 @@
 """RSNA Pneumonia's label files: the box label CSV and the detailed class info.
 
 Owns: the column and class constants, :func:`read_labels` (every row of
-``stage_2_train_labels.csv`` checked, boxes as ``(line, x, y, width, height)``),
-:func:`count_label_rows`, :func:`read_class_info` (``stage_2_detailed_class_info.csv``)
-and :func:`check_classes` (class info and Target agree). Both files are read through
-:func:`tasks.csvfile.read_csv`; every error names the file, the line and the patientId.
+``stage_2_train_labels.csv`` checked, boxes as ``(line, x, y, width, height)``, a
+repeated row counted once), :func:`count_label_rows`, :func:`read_class_info`
+(``stage_2_detailed_class_info.csv``) and :func:`check_classes` (class info and Target
+agree). Both files are read through :func:`tasks.csvfile.read_csv`; every error names
+the file, the line and the patientId.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -23,9 +25,10 @@ OPACITY = "Lung Opacity"
 CLASSES = (OPACITY, "No Lung Opacity / Not Normal", "Normal")
 
 BoxRow = tuple[int, float, float, float, float]  # (CSV line, x, y, width, height)
+SHOWN_DUPLICATES = 10  # duplicate rows named in the warning / error (all are counted)
 
 
-def read_labels(csv_path) -> dict[str, list[BoxRow]]:
+def read_labels(csv_path, *, strict: bool = False) -> dict[str, list[BoxRow]]:
     """patientId -> [(line, x, y, width, height), ...] in file order; [] for negatives.
 
     Header is line 1. Every row is checked here and any problem is a DataError naming
@@ -34,6 +37,13 @@ def read_labels(csv_path) -> dict[str, list[BoxRow]]:
     negative width/height, and a patient with both Target=0 and Target=1 rows. Boxes
     outside the image are not an error here (the image size is not known yet); they
     are clipped and reported by `prepare` / `load_ground_truth`.
+
+    A row that repeats an earlier row of the same patient (the same box, compared as
+    numbers, or a second Target=0 row) is counted once: the first row is kept and a
+    warning names the repeated lines (the first :data:`SHOWN_DUPLICATES`), the line each
+    repeats and how many there are; with ``strict=True`` it is a DataError instead.
+    Without this, a repeated box is a second ground-truth box that no prediction can
+    match twice (a perfect submission scored mAP 0.911).
     """
     table = read_csv(
         csv_path,
@@ -44,6 +54,8 @@ def read_labels(csv_path) -> dict[str, list[BoxRow]]:
     )
     labels: dict[str, list[BoxRow]] = {}
     first: dict[str, tuple[int, int]] = {}  # patientId -> (first line, its Target)
+    seen: dict[tuple, int] = {}  # (patientId, box or None) -> the line that gave it first
+    repeats: list[tuple[int, int, str]] = []  # (line, first line, patientId)
     for line, row in table.rows:
         pid = row["patientId"].strip()
         where = f"{table.path}: line {line}: patientId {pid or repr(pid)}"
@@ -59,9 +71,31 @@ def read_labels(csv_path) -> dict[str, list[BoxRow]]:
             )
         first.setdefault(pid, (line, target))
         boxes = labels.setdefault(pid, [])
-        if target == 1:
-            boxes.append((line, *_box(fields, where)))
+        box = _box(fields, where) if target == 1 else None
+        if (pid, box) in seen:
+            repeats.append((line, seen[(pid, box)], pid))
+            continue
+        seen[(pid, box)] = line
+        if box is not None:
+            boxes.append((line, *box))
+    if repeats:
+        _report_repeats(table.path, repeats, strict)
     return labels
+
+
+def _report_repeats(path, repeats: list[tuple[int, int, str]], strict: bool) -> None:
+    """Warn (or, strict, raise) about rows that repeat an earlier row, naming them."""
+    shown = "; ".join(
+        f"line {line} repeats line {first} (patientId {pid})"
+        for line, first, pid in repeats[:SHOWN_DUPLICATES]
+    )
+    more = (
+        f"; and {len(repeats) - SHOWN_DUPLICATES} more" if len(repeats) > SHOWN_DUPLICATES else ""
+    )
+    text = f"{path}: {len(repeats)} duplicate label row(s): {shown}{more}"
+    if strict:
+        raise DataError(f"{text} (strict: duplicate rows are an error; remove them)")
+    warnings.warn(f"{text}; each is counted once", stacklevel=3)
 
 
 def count_label_rows(csv_path) -> Counter:

@@ -66,7 +66,7 @@ def scan(root, strict: bool) -> dict:
     """Layout + DICOM files + labels (+ classes), matched by patientId, mismatches listed."""
     layout = find_layout(root)
     dicoms = find_dicoms(layout["dicom_dir"])
-    labels = read_labels(layout["label_csv"])
+    labels = read_labels(layout["label_csv"], strict=strict)
     classes = None
     if layout["class_csv"] is not None:
         classes = read_class_info(layout["class_csv"])

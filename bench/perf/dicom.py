@@ -1,0 +1,104 @@
+"""The per-sample DICOM path (GLoRIA, MGCA) and the cache build, on 1024x1024 DICOMs.
+
+Owns :func:`dicom_root` (a few 1024x1024 synthetic DICOMs in the task's own layout,
+written once by the task's ``synth`` under ``$CXRBENCH_CACHE/perf/``, with its mix of
+plain, RLE, JPEG, MONOCHROME1 and rescaled files), :func:`timed_cache_build` (the
+task's ``prepare`` of that folder into a fresh cache: cache-build images/s, one
+worker) and :func:`dicom_prepared` (that cache with its images replaced by
+:class:`DicomImages`: every access reads the DICOM with
+:func:`tasks.imageio.read_dicom` and resizes it with :func:`tasks.imageio.resize_image`,
+so the task's own dataset, collate and loss step run unchanged on the per-sample path;
+masks and boxes still come from the cache).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.engine.dataroot import synth_once
+from tasks import get_task
+from tasks.imageio import read_dicom, resize_image
+
+SOURCE_SIZE = 1024  # the real SIIM and RSNA DICOMs
+CACHE_BUILD_WORKERS = 1  # the cache build is serial today (issue 12: parallel workers)
+
+
+def dicom_root(task: str, n: int, *, progress: bool = True) -> Path:
+    """``n`` synthetic 1024x1024 DICOMs of ``task`` in its official layout (made once)."""
+    from tasks.cache import cache_root
+
+    root = cache_root() / "perf" / f"{task}-dicom{SOURCE_SIZE}-n{n}-seed0"
+    return synth_once(task, root, n=n, seed=0, size=SOURCE_SIZE, progress=progress)
+
+
+@contextlib.contextmanager
+def _cache_root(path: Path):
+    """``$CXRBENCH_CACHE`` pointed at ``path`` for the duration (a fresh cache: nothing reused)."""
+    old = os.environ.get("CXRBENCH_CACHE")
+    os.environ["CXRBENCH_CACHE"] = str(path)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("CXRBENCH_CACHE", None)
+        else:
+            os.environ["CXRBENCH_CACHE"] = old
+
+
+@dataclasses.dataclass
+class CacheBuild:
+    prepared: object  # tasks.cache.Prepared
+    seconds: float
+    workers: int = CACHE_BUILD_WORKERS
+
+    @property
+    def ips(self) -> float:
+        return len(self.prepared) / self.seconds
+
+    def summary(self, image_size: int) -> dict:
+        return {"ips": self.ips, "workers": self.workers, "n_images": len(self.prepared),
+                "seconds": self.seconds, "source_size": SOURCE_SIZE, "image_size": image_size}  # fmt: skip
+
+
+def timed_cache_build(
+    task: str, root: Path, image_size: int, cache: Path, options: dict
+) -> CacheBuild:
+    """The task's ``prepare`` of ``root`` into the empty cache folder ``cache``, timed."""
+    spec = get_task(task)
+    with _cache_root(cache):
+        t0 = time.perf_counter()
+        prepared = spec.prepare(root, image_size, strict=False, progress=False, **options)
+        seconds = time.perf_counter() - t0
+    return CacheBuild(prepared, seconds)
+
+
+class DicomImages:
+    """Array-like ``images``: item ``j`` is image ``j`` of a cache, read from its DICOM and resized."""
+
+    def __init__(self, prepared):
+        self.paths = [prepared.root / item["path"] for item in prepared.manifest["items"]]
+        self.size = prepared.image_size
+        self.shape = (len(self.paths), self.size, self.size)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, j: int) -> np.ndarray:
+        return resize_image(read_dicom(self.paths[int(j)]), self.size)
+
+
+def dicom_prepared(prepared):
+    """``prepared`` whose images are read from the DICOMs on every access (:class:`DicomImages`)."""
+    return dataclasses.replace(prepared, images=DicomImages(prepared))
+
+
+def cycled_indices(n: int, batch_size: int) -> list[int]:
+    """The ``n`` images repeated so that one epoch holds at least one full batch."""
+    return list(range(n)) * max(1, math.ceil(batch_size / n))
