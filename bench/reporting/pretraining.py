@@ -76,7 +76,7 @@ def pretraining_section(records: list[dict], probe: dict | None, out_md: Path) -
         data = r0["data"]
         parts += [
             f"Every method pretrained the same `{r0['settings']['arch']}` on the same data "
-            f"({data['summary']}; layout `{data['layout']}`{', synthetic' if data.get('synthetic') else ''}) "
+            f"({data['summary'].splitlines()[0]}) "
             f"at {r0['settings']['image_size']} px with the same budget; loss settings follow each "
             "method's recipe (`bench pretrain --help`).",
             "",
