@@ -14,6 +14,18 @@ from importlib import metadata
 from pathlib import Path
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else ``platform.processor()`` or
+    ``platform.machine()``; "unknown" when none says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name") and ":" in line:
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def seed_everything(seed: int) -> None:
     import random
 
@@ -68,6 +80,7 @@ def env_info(device: str) -> dict:
         "pycocotools": _version("pycocotools"),
         "numpy": _version("numpy"),
         "device": device,
+        "cpu": cpu_model(),
         "threads": torch.get_num_threads(),
         "git_commit": git_commit(),
     }

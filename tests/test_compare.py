@@ -6,7 +6,13 @@ import math
 import pytest
 
 from bench.cli import main
-from bench.experiments.compare import BASELINE_FORMAT, build_baseline, compare, load_baseline
+from bench.experiments.compare import (
+    BASELINE_FORMAT,
+    build_baseline,
+    compare,
+    format_summary,
+    load_baseline,
+)
 
 T975_N3 = 4.302653  # scipy.stats.t.ppf(0.975, 2)
 OFFSETS = (-0.01, 0.0, 0.01)  # per-seed spread: CI half-width = T975_N3 * 0.01 / sqrt(3)
@@ -113,8 +119,10 @@ def test_same_runs_compare_clean(tmp_path, baseline, capsys):
     code, out = _compare(tmp_path, baseline, capsys)
     assert code == 0
     assert out.startswith("## cxrbench compare: ✅ passed — 4 ok")
-    assert _row(out, BROKEN) == ["siim imagenet linear 10% dice", "0.6000 ± 0.0248 (n=3)",
-                                 "0.6000 ± 0.0248 (n=3)", "+0.0000", "0.0248", "✅ ok"]  # fmt: skip
+    row = _row(out, BROKEN)
+    assert row[:6] == ["siim imagenet linear 10% dice", "0.6000 ± 0.0248 (n=3)",
+                       "0.6000 ± 0.0248 (n=3)", "+0.0000", "", "identical"]  # fmt: skip
+    assert row[6] == "" and row[-1] == "✅ ok"
 
 
 def test_broken_init_is_a_regression(tmp_path, baseline, capsys):
@@ -122,7 +130,7 @@ def test_broken_init_is_a_regression(tmp_path, baseline, capsys):
     code, out = _compare(tmp_path, baseline, capsys, shift={BROKEN: -0.3})
     assert code == 1
     assert out.startswith("## cxrbench compare: ❌ FAILED — 1 regression(s), 3 ok")
-    assert f"- ❌ `{BROKEN}`: regression (Δ -0.3000, allowed drop 0.0248)" in out
+    assert f"- ❌ `{BROKEN}`: regression (Δ -0.3000, permutation p=0.05)" in out
     assert _row(out, BROKEN)[-1] == "❌ regression"
     assert _row(out, "siim random linear 10% dice")[-1] == "✅ ok"
 
@@ -130,16 +138,20 @@ def test_broken_init_is_a_regression(tmp_path, baseline, capsys):
 def test_drop_within_ci_passes_and_improvement_is_marked(tmp_path, baseline, capsys):
     code, out = _compare(tmp_path, baseline, capsys, shift={BROKEN: -0.02, "rsna imagenet finetune 100% map": 0.05})  # fmt: skip
     assert code == 0
-    assert _row(out, BROKEN)[3:] == ["-0.0200", "0.0248", "✅ ok"]
+    row = _row(out, BROKEN)
+    assert row[3] == "-0.0200" and row[5] == "permutation" and float(row[6]) > 0.05
+    assert row[-1] == "✅ ok"
     assert _row(out, "rsna imagenet finetune 100% map")[-1] == "✅ improved"
 
 
 def test_tolerance_replaces_the_ci(tmp_path, baseline, capsys):
     code, out = _compare(tmp_path, baseline, capsys, "--tolerance", "0.01", shift={BROKEN: -0.02})
-    assert code == 1 and _row(out, BROKEN)[3:] == ["-0.0200", "0.0100", "❌ regression"]
+    row = _row(out, BROKEN)
+    assert code == 1 and row[3:5] == ["-0.0200", "0.0100"] and row[-1] == "❌ regression"
+    assert float(row[6]) > 0.05  # the tolerance, not the test, caught it
     assert "by more than the tolerance 0.01" in out
     code, out = _compare(tmp_path, baseline, capsys, "--tolerance", "0.5", shift={BROKEN: -0.3})
-    assert code == 0 and _row(out, BROKEN)[-1] == "✅ ok"
+    assert code == 1 and _row(out, BROKEN)[-1] == "❌ regression"  # the test still fails it
     assert main(["compare", str(tmp_path / "new_runs"), "--baseline", str(baseline),
                  "--tolerance", "-1"]) == 2  # fmt: skip
 
@@ -149,7 +161,8 @@ def test_missing_cell_fails_new_cell_is_info(tmp_path, baseline, capsys):
     code, out = _compare(tmp_path, baseline, capsys, drop={BROKEN}, extra=[new])
     assert code == 1
     assert "1 missing" in out and f"- ⚠ `{BROKEN}`: missing" in out
-    assert _row(out, BROKEN)[2:] == ["–", "", "0.0248", "⚠ missing"]
+    row = _row(out, BROKEN)
+    assert row[2:5] == ["–", "", ""] and row[-1] == "⚠ missing"
     assert _row(out, "siim moco linear 10% dice")[-1] == "🆕 new"
     code, out = _compare(tmp_path, baseline, capsys, extra=[new])
     assert code == 0 and "1 new" in out
@@ -220,3 +233,108 @@ def test_update_over_an_old_baseline_shows_the_change(tmp_path, baseline, capsys
     assert data["config"] == "configs/ci.yaml"
     assert data["cells"]["siim/imagenet/linear/0.1/dice"]["mean"] == pytest.approx(0.30)
     assert main(["compare", str(runs), "--baseline", str(baseline)]) == 0
+
+
+# ---------------------------------------------------------------- the statistical rule
+
+
+def _seed_runs(path, values, torch="2.15.0"):
+    """One cell (siim imagenet linear 10% dice) with the given per-seed values."""
+    path.mkdir(parents=True, exist_ok=True)
+    for seed, v in enumerate(values):
+        rec = _record("siim", "imagenet", "linear", 0.1, "dice", seed, v)
+        rec["env"]["torch"] = torch
+        (path / f"{rec['run_id']}.json").write_text(json.dumps(rec))
+    return path
+
+
+BASE5 = [0.60, 0.62, 0.61, 0.59, 0.63]
+
+
+def _against(tmp_path, base_values, new_values, *args, torch="2.15.0"):
+    base = build_baseline(_seed_runs(tmp_path / "b", base_values))
+    runs = _seed_runs(tmp_path / "n", new_values, torch=torch)
+    return compare(runs, base, *args), runs, base
+
+
+def test_baseline_stores_per_seed_values_and_machine(tmp_path):
+    base = build_baseline(_seed_runs(tmp_path / "b", BASE5))
+    cell = base["cells"]["siim/imagenet/linear/0.1/dice"]
+    assert cell["values"] == BASE5 and cell["seeds"] == [0, 1, 2, 3, 4]
+    assert base["machine"]["torch"] == ["2.15.0"] and base["machine"]["cpu"]
+
+
+def test_identical_values_pass_without_a_test(tmp_path):
+    result, _, _ = _against(tmp_path, BASE5, BASE5)
+    (row,) = result["rows"]
+    assert row["verdict"] == "ok" and row["test"] == "identical" and row["p"] is None
+    assert not result["failed"] and result["machine_notes"] == []
+
+
+def test_clear_drop_with_five_seeds_fails_the_welch_test(tmp_path):
+    new = [v - 0.05 for v in BASE5]
+    result, _, _ = _against(tmp_path, BASE5, new)
+    (row,) = result["rows"]
+    assert row["test"] == "welch" and row["p"] < 0.05 and row["verdict"] == "regression"
+    assert result["failed"]
+    # the minimum detectable drop: (t_.95,8 + t_.8,8) * s * sqrt(2/5)
+    from scipy import stats
+
+    s = float(__import__("numpy").std(BASE5, ddof=1))
+    want = (stats.t.ppf(0.95, 8) + stats.t.ppf(0.8, 8)) * s * math.sqrt(2 / 5)
+    assert row["mdd"] == pytest.approx(want)
+    # a stricter alpha from the CLI still fails a drop this clear, with p shown
+    out = format_summary(result)
+    assert "| welch |" in out and "min. detectable drop" in out
+
+
+def test_noise_within_the_seeds_passes(tmp_path):
+    new = [0.61, 0.60, 0.63, 0.62, 0.59]  # the same values, other seeds
+    result, _, _ = _against(tmp_path, BASE5, new)
+    (row,) = result["rows"]
+    assert row["test"] == "welch" and row["p"] > 0.05 and row["verdict"] == "ok"
+    assert not result["failed"]
+
+
+def test_two_seeds_have_no_power(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    result, runs, _ = _against(tmp_path, [0.60, 0.62], [0.30, 0.32])
+    (row,) = result["rows"]
+    assert row["verdict"] == "no power" and result["failed"]
+    path = tmp_path / "base.json"
+    assert main(["compare", str(tmp_path / "b"), "--baseline", str(path), "--update-baseline"]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(runs), "--baseline", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "no power" in out and _row(out, BROKEN)[-1] == "⚠ no power"
+    assert main(["compare", str(runs), "--baseline", str(path), "--allow-low-power"]) == 0
+    capsys.readouterr()
+    # a tolerance still catches a large drop with two seeds
+    assert main(["compare", str(runs), "--baseline", str(path), "--allow-low-power",
+                 "--tolerance", "0.1"]) == 1  # fmt: skip
+    assert _row(capsys.readouterr().out, BROKEN)[-1] == "❌ regression"
+
+
+def test_torch_build_difference_is_warned(tmp_path):
+    result, _, _ = _against(tmp_path, BASE5, BASE5, torch="2.16.0")
+    assert result["machine_notes"] == ["torch build differs: baseline 2.15.0, runs 2.16.0"]
+    assert "⚠ torch build differs: baseline 2.15.0, runs 2.16.0" in format_summary(result)
+
+
+def test_old_baseline_without_per_seed_values(tmp_path):
+    base = build_baseline(_seed_runs(tmp_path / "b", BASE5))
+    base.pop("machine")
+    for cell in base["cells"].values():
+        cell.pop("values")
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(base))
+    runs = _seed_runs(tmp_path / "n", BASE5)
+    result = compare(runs, load_baseline(path))
+    (row,) = result["rows"]
+    assert row["verdict"] == "ok" and row["test"] == "no per-seed values"
+    assert row["margin_from"] == "ci_half" and not result["per_seed"]
+    out = format_summary(result)
+    assert "stores no per-seed values" in out and "only the allowed drop" in out
+    assert "records no torch build or CPU" in out
+    drop = _seed_runs(tmp_path / "d", [v - 0.1 for v in BASE5])
+    assert compare(drop, load_baseline(path))["rows"][0]["verdict"] == "regression"

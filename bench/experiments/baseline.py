@@ -23,8 +23,17 @@ Baseline file (JSON, ``BASELINE_FORMAT`` version ``BASELINE_VERSION``)::
                  {"task": "mytask", "init": "random", "protocol": "linear",
                   "fraction": 0.1, "metric": "dice", "mean": 0.61, "std": 0.02,
                   "ci_low": 0.56, "ci_high": 0.66, "ci_half": 0.05, "n": 3,
-                  "seeds": [0, 1, 2],
+                  "seeds": [0, 1, 2], "values": [0.60, 0.62, 0.61],  # per seed, in seed order
                   "settings": {"arch": "resnet18", "lr": 0.001, ...}}, ...}}
+
+     "machine": {"torch": ["2.14.1+cpu"],       # env.torch of the runs
+                 "cpu": "AMD EPYC 9654",          # /proc/cpuinfo model name (else
+                 "processor": "x86_64",           #   platform.processor()) of the
+                 "platform": "Linux-..."}}        #   machine that wrote the baseline
+
+``values`` (per-seed test values) and ``machine`` were added within version 1: a
+baseline without them still loads; ``bench compare`` then says that the per-seed values
+are missing, so no test runs and only the allowed drop (tolerance) applies.
 
 The cell key is for reading diffs only; the fields inside each cell are what is
 compared.
@@ -35,13 +44,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import platform
 from pathlib import Path
 
 import pandas as pd
 
 from bench.engine.records import get_field, write_json_atomic
+from bench.env import cpu_model
 from bench.reporting import GROUP, aggregate, read_records, records_to_frame
-from bench.reporting.frame import setting_text, settings_conflicts
+from bench.reporting.frame import one_per_seed, setting_text, settings_conflicts
 
 BASELINE_FORMAT = "cxrbench-baseline"
 BASELINE_VERSION = 1
@@ -130,6 +141,7 @@ def cells_from_frame(df: pd.DataFrame) -> dict[str, dict]:
         for r in df[df["status"] == "complete"].to_dict("records"):
             settings.setdefault((r["task"], r["init"], r["protocol"], float(r["fraction"])),
                                 r["settings"])  # fmt: skip
+    values = _per_seed_values(df)
     cells = {}
     for r in aggregate(df).to_dict("records"):
         cell = {k: r[k] for k in GROUP}
@@ -137,11 +149,44 @@ def cells_from_frame(df: pd.DataFrame) -> dict[str, dict]:
         cell.update({k: finite(r.get(k)) for k in STAT_KEYS})
         cell["n"] = int(r.get("n") or 0)
         cell["seeds"] = [int(s) for s in r.get("seeds", [])]
+        by_seed = values.get(match_key(cell), {})
+        cell["values"] = [by_seed[s] for s in sorted(by_seed)]
         found = settings.get((cell["task"], cell["init"], cell["protocol"], cell["fraction"]))
         if found is not None:
             cell["settings"] = json.loads(json.dumps(found, default=str))
         cells[cell_key(cell)] = cell
     return cells
+
+
+def _per_seed_values(df: pd.DataFrame) -> dict[tuple, dict[int, float]]:
+    """match_key -> {seed: finite test primary value}, the same rows as ``aggregate``
+    (complete runs, one per seed)."""
+    d = df[df["status"] == "complete"] if "status" in df else df
+    d = one_per_seed(d)
+    out: dict[tuple, dict[int, float]] = {}
+    if d.empty or "test_primary" not in d:
+        return out
+    for r in d.to_dict("records"):
+        v = finite(r.get("test_primary"))
+        if v is None:
+            continue
+        cell = {k: r[k] for k in GROUP[:-1]} | {"metric": r["primary_metric"]}
+        out.setdefault(match_key(cell), {})[int(r["seed"])] = v
+    return out
+
+
+def torch_builds(records: list[dict]) -> list[str]:
+    """The distinct ``env.torch`` of ``records`` (sorted)."""
+    return sorted({str(v) for r in records if (v := get_field(r, "env.torch"))})
+
+
+def machine_of(records: list[dict]) -> dict:
+    """The torch build(s) of the runs and this machine's CPU: a baseline's ``machine``.
+    The CPU is the records' ``env.cpu`` when they carry one, else this machine's."""
+    cpus = sorted({str(v) for r in records if (v := get_field(r, "env.cpu"))})
+    return {"torch": torch_builds(records), "cpu": ", ".join(cpus) or cpu_model(),
+            "processor": platform.processor() or platform.machine(),
+            "platform": platform.platform()}  # fmt: skip
 
 
 def settings_differences(base: dict, new: dict) -> list[str]:
@@ -207,6 +252,7 @@ def build_baseline(runs_dir: str | Path, config: str | None = None) -> dict:
         "n_runs": len(done),
         "metric": f"test primary metric ({' / '.join(metrics)})",
         "settings": settings_of(done),
+        "machine": machine_of(done),
         "cells": dict(sorted(cells.items())),
     }
 
