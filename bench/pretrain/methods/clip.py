@@ -13,13 +13,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from bench.pretrain.augment import image_text_transform
 from bench.pretrain.encoder import c5, feature_dim, to_input
 from bench.pretrain.heads import AttentionPool2d
 from bench.pretrain.losses import LogitScale, clip_loss
 from bench.pretrain.methods import Method
-from bench.pretrain.methods.items import ImageSentence
-from bench.pretrain.methods.text import report_sentences, text_encoder_for
+from bench.pretrain.methods.text import image_sentence_dataset, text_encoder_for
 
 
 class CLIP(nn.Module):
@@ -43,10 +41,6 @@ def _build(encoder, s, ctx):
     return CLIP(encoder, text_encoder_for(s, ctx, ctx.records, freeze=s.freeze_text_layers, pooling="cls"), s)
 
 
-def _dataset(images, records, s, ctx):
-    return ImageSentence(images, report_sentences(records), image_text_transform(s.image_size))
-
-
 METHOD = Method(
     name="clip",
     title="CLIP",
@@ -58,6 +52,6 @@ METHOD = Method(
                   optimizer="adamw", proj_dim=512, text_encoder="builtin", text_max_length=64,
                   freeze_text_layers=0),  # fmt: skip
     build=_build,
-    dataset=_dataset,
+    dataset=image_sentence_dataset,
     needs_reports=True,
 )

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from bench.pretrain.augment import image_text_transform
 from bench.pretrain.encoder import feature_dim, to_input
 from bench.pretrain.heads import projection_mlp
 from bench.pretrain.losses import convirt_loss
 from bench.pretrain.methods import Method
-from bench.pretrain.methods.items import ImageSentence
-from bench.pretrain.methods.text import report_sentences, text_encoder_for
+from bench.pretrain.methods.text import image_sentence_dataset, text_encoder_for
 
 
 class ConVIRT(nn.Module):
@@ -42,10 +40,6 @@ def _build(encoder, s, ctx):
     return ConVIRT(encoder, text_encoder_for(s, ctx, ctx.records, freeze=s.freeze_text_layers, pooling="max"), s)
 
 
-def _dataset(images, records, s, ctx):
-    return ImageSentence(images, report_sentences(records), image_text_transform(s.image_size))
-
-
 METHOD = Method(
     name="convirt",
     title="ConVIRT",
@@ -56,6 +50,6 @@ METHOD = Method(
                   optimizer="adam", temperature=0.1, proj_dim=512, lam=0.75, text_encoder="builtin",
                   text_max_length=64, freeze_text_layers=6),  # fmt: skip
     build=_build,
-    dataset=_dataset,
+    dataset=image_sentence_dataset,
     needs_reports=True,
 )

@@ -13,6 +13,7 @@ at chance, log 63 = 4.14, with 0.08, and 3.96 with 0.5).
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from bench.pretrain.augment import simclr_transform
@@ -33,15 +34,9 @@ class SimCLR(nn.Module):
 
     def forward(self, batch):
         v1, v2 = batch
-        z = self.projector(self.encoder(to_input(_cat(v1, v2))))
+        z = self.projector(self.encoder(to_input(torch.cat([v1, v2]))))
         z1, z2 = z.chunk(2)
         return nt_xent(z1, z2, self.temperature)
-
-
-def _cat(a, b):
-    import torch
-
-    return torch.cat([a, b])
 
 
 METHOD = Method(

@@ -16,6 +16,14 @@ def report_sentences(records) -> list[list[str]]:
     return [r.report.sentences() if r.report is not None else [] for r in records]
 
 
+def image_sentence_dataset(images, records, settings, ctx):
+    """The items of both image-text methods: a view of the image and one report sentence."""
+    from bench.pretrain.augment import image_text_transform
+    from bench.pretrain.methods.items import ImageSentence
+
+    return ImageSentence(images, report_sentences(records), image_text_transform(settings.image_size))
+
+
 def text_encoder_for(settings, ctx, records, *, freeze: int, pooling: str) -> txt.TextEncoder:
     """The TextEncoder for ``settings.text_encoder`` ('builtin' or a folder); info into ctx.stats."""
     import torch.distributed as dist
