@@ -33,24 +33,25 @@ def _positive(v) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
 
 
-def _check_result(r: dict, task: str, methods: list[str]) -> None:
+def _check_result(r: dict, task: str, methods: list[str], image_size: int = 32) -> None:
     for key in ("compute_ips", "pipeline_ips", "efficiency", "loader_ips", "dicom_ips", "cache_speedup",
                 "dicom_step_ips", "dicom_step_efficiency"):  # fmt: skip
         assert _positive(r[key]), (key, r[key])
     assert r["efficiency"] == r["pipeline_ips"] / r["compute_ips"]
     assert r["cache_speedup"] == r["loader_ips"] / r["dicom_ips"]
     assert r["dicom_step_efficiency"] == r["dicom_step_ips"] / r["compute_ips"]
-    assert "reuse_speedup" in r and r["reuse_speedup"] is None
-    assert "not implemented" in r["reuse_note"]
+    assert set(r["reuse_speedup"]) == {"linear", "frozen"}
+    assert "computed once" in r["reuse_note"]
     assert set(r["reuse_limit"]) == {"linear", "frozen"}
     for protocol, limit in r["reuse_limit"].items():
         v = r["reuse"][protocol]
         assert _positive(limit) and limit == v["head_step_ips"] / v["full_step_ips"]
         for key in ("full_step_ips", "head_step_ips", "encoder_ips", "pipeline_ips", "epoch_s",
-                    "epoch_s_reuse_limit", "features_once_s"):  # fmt: skip
+                    "epoch_s_reuse_limit", "features_once_s", "reuse_epoch_s", "speedup", "ratio_to_limit"):  # fmt: skip
             assert _positive(v[key]), (protocol, key, v[key])
         assert v["n_train"] == r["settings"]["n_train"]
-        assert v["reuse_epoch_s"] is None and v["speedup"] is None
+        assert r["reuse_speedup"][protocol] == v["speedup"] == v["epoch_s"] / v["reuse_epoch_s"]
+        assert v["store"]["storage"] == "memory" and v["store"]["images"] == v["n_train"]
         # the head-only step on replayed features computes the full step's loss
         assert 0 <= v["head_loss_diff"] <= 1e-6, (protocol, v["head_loss_diff"])
     assert _positive(r["eval"]["eval_ips"]) and _positive(r["eval"]["metric_ips"])
@@ -73,7 +74,7 @@ def _check_result(r: dict, task: str, methods: list[str]) -> None:
     assert (
         s["task"] == task
         and s["arch"] == "resnet18"
-        and s["image_size"] == 32
+        and s["image_size"] == image_size
         and s["batch_size"] == 4
     )
     assert s["device"] == "cpu" and s["synthetic"] is True and s["threads"] == 1
@@ -99,6 +100,8 @@ def test_perf_rsna_detection(tiny_synth, tmp_path):
         "--task",
         "rsna",
         *TINY,
+        "--image-size",  # at 32 px a synthetic box can shrink to a line: an infinite box loss
+        "64",
         "--methods",
         "none",
         "--out",
@@ -108,7 +111,7 @@ def test_perf_rsna_detection(tiny_synth, tmp_path):
     ]
     assert _perf(argv) == 0
     r = json.loads(js.read_text())
-    _check_result(r, "rsna", [])
+    _check_result(r, "rsna", [], image_size=64)
     assert r["settings"]["output"] == "boxes"
     assert r["reuse"]["frozen"]["output"] == "boxes" and r["reuse"]["linear"]["output"] == "mask"
 

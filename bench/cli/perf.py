@@ -17,8 +17,9 @@ throughput of one configuration against its compute limit:
   loader_ips      the data path alone; dicom_ips: reading and resizing a 1024x1024
                   DICOM per sample (GLoRIA, MGCA); cache_speedup = loader_ips / dicom_ips
   dicom_step_ips  the training step fed by that DICOM path
-  reuse_limit     linear / frozen: head-only step on precomputed encoder features vs
-                  the full step (reuse_speedup: null until feature reuse exists)
+  reuse_speedup   linear / frozen: a training epoch without / with encoder-feature
+                  reuse (features computed once); reuse_limit: the head-only step on
+                  precomputed features vs the full step
 
 plus evaluation and cache-build throughput, pretraining images/s per method and the
 peak host / device memory of each path. Writes the table to --out (markdown) and,

@@ -60,6 +60,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weight-decay", type=float, default=0.0, help="(default: %(default)s)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: %(default)s)")
     g.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default: %(default)s)")
+    g.add_argument("--no-feature-reuse", dest="feature_reuse", action="store_false",
+                   help="linear/frozen: run the frozen encoder on every batch of every epoch instead of "
+                        "computing its outputs once (same metrics, slower; the record says which)")
 
     g = p.add_argument_group("initialization")
     g.add_argument("--checkpoint", help="checkpoint file for an init that takes a user checkpoint "

@@ -46,6 +46,7 @@ class RunConfig:
     patience: int = 5
     device: str = "auto"
     num_workers: int = 0
+    feature_reuse: bool = True  # frozen protocols: encoder outputs computed once (same result; not in the run id)
     detector: str = "retinanet"
     # initialization
     checkpoint: str | None = None

@@ -25,6 +25,7 @@ never fails a finished run.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -45,6 +46,14 @@ from bench.models.datasets import make_loader
 from bench.models.device import resolve_device
 from bench.models.heads import make_head
 from bench.models.protocols import count_parameters
+from bench.models.reuse import (
+    FeatureStore,
+    ReplayEncoder,
+    ReplayLoader,
+    ReuseSkipped,
+    replaced_encoder,
+    reuse_decision,
+)
 from bench.util import writable_dir_problem
 from tasks.splits import fraction_indices, split_indices
 
@@ -265,43 +274,66 @@ def _train_and_test(cfg, prepared, encoder, winfo, splits, train_idx, device) ->
                            num_workers=cfg.num_workers, collate_fn=head.collate)  # fmt: skip
 
     evaluate = head.evaluator(prepared.ids)
+    train_loader, val_loader, test_loader = (loader(train_idx, True), loader(splits["val"], False),
+                                             loader(splits["test"], False))  # fmt: skip
+    reuse, why = reuse_decision(cfg.protocol, cfg.feature_reuse)
+    reuse_info: dict = {"used": reuse, "reason": why}
     history: list[dict] = []
+    errors: list[dict] = []
     t0 = time.perf_counter()
-    try:
-        fitted = fit(
-            model, loader(train_idx, True), loader(splits["val"], False),
-            loss_step=head.loss_step, evaluate=evaluate, metric=metric, lr=cfg.resolved_lr,
-            weight_decay=cfg.weight_decay, epochs=cfg.epochs, patience=cfg.patience,
-            device=device, progress=cfg.progress,
-            on_epoch=lambda e: (history.append(e), _print_epoch(e, metric, cfg.progress)),
-        )  # fmt: skip
-    except NanLossError as e:
-        e.history = history
-        raise
-    train_s = time.perf_counter() - t0
-    val = evaluate(model, loader(splits["val"], False))
-    test_loader = loader(splits["test"], False)
+    with contextlib.ExitStack() as stack:
+        if reuse:
+            needed = sorted(set(train_idx) | set(splits["val"]) | set(splits["test"]))
+            try:
+                store = FeatureStore.build(model, head.loss_step, loader(needed, False), device,
+                                           batch_size=cfg.batch_size, progress=cfg.progress)  # fmt: skip
+            except ReuseSkipped as e:
+                store, reuse_info = None, {"used": False, "reason": str(e)}
+            if store is not None:
+                stack.callback(store.close)
+                replay = ReplayEncoder(store)
+                stack.enter_context(replaced_encoder(model, replay))
+                train_loader, val_loader, test_loader = (ReplayLoader(x, replay)
+                                                         for x in (train_loader, val_loader, test_loader))  # fmt: skip
+                reuse_info.update(store.summary())
+        try:
+            fitted = fit(
+                model, train_loader, val_loader,
+                loss_step=head.loss_step, evaluate=evaluate, metric=metric, lr=cfg.resolved_lr,
+                weight_decay=cfg.weight_decay, epochs=cfg.epochs, patience=cfg.patience,
+                device=device, progress=cfg.progress,
+                on_epoch=lambda e: (history.append(e), _print_epoch(e, metric, cfg.progress)),
+            )  # fmt: skip
+        except NanLossError as e:
+            e.history = history
+            raise
+        train_s = time.perf_counter() - t0
+        val = evaluate(model, val_loader)
+        test = evaluate(model, test_loader)
+        # optional side files: one that cannot be written is noted, never fails the run
+        wants_predictions = cfg.save_predictions and head.kind == cfg.spec.submission_kind
+        if wants_predictions:
+            sub = Path(cfg.out) / f"{cfg.run_id}.test-predictions.csv"
+            predictions = artifacts.write_optional(
+                "predictions", sub, lambda: artifacts.write_submission(sub, cfg.spec, head, model, test_loader,
+                                                                       prepared, cfg.spec.option_values(cfg)),
+                errors)  # fmt: skip
     out = {
-        "metrics": {"val": val, "test": evaluate(model, test_loader)},
+        "metrics": {"val": val, "test": test},
         "history": fitted["history"],
         "best_epoch": fitted["best_epoch"],
         "stopped_early": fitted["stopped_early"],
         "diverged": fitted.get("diverged", False),
         "parameters": count_parameters(model),
+        "feature_reuse": reuse_info,
         "timing_train": {"train_s": round(train_s, 3)},
     }
-    # optional side files: one that cannot be written is noted, never fails the run
-    errors: list[dict] = []
+    if wants_predictions:
+        out["predictions"] = predictions
     idx = artifacts.choose_examples(prepared, splits["test"])
     path = Path(cfg.out) / f"{cfg.run_id}.examples.npz"
     out["examples"] = artifacts.write_optional(
         "examples", path, lambda: artifacts.save_examples(path, head.examples(model, prepared, idx)), errors)
-    if cfg.save_predictions and head.kind == cfg.spec.submission_kind:
-        sub = Path(cfg.out) / f"{cfg.run_id}.test-predictions.csv"
-        out["predictions"] = artifacts.write_optional(
-            "predictions", sub, lambda: artifacts.write_submission(sub, cfg.spec, head, model, test_loader,
-                                                                   prepared, cfg.spec.option_values(cfg)),
-            errors)  # fmt: skip
     if errors:
         out["artifact_errors"] = errors
     return out

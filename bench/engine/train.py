@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # not tqdm.auto, whose bar calls iter() on a loader once more (test_reuse)
 
 from bench.engine.divergence import DIVERGENCE_FACTOR, loss_diverged
 from bench.env import seed_everything  # noqa: F401  (re-exported: bench.engine.train.seed_everything)

@@ -29,7 +29,7 @@ from importlib import resources
 from pathlib import Path
 
 import yaml
-from tqdm.auto import tqdm
+from tqdm import tqdm  # not tqdm.auto, whose bar calls iter() on a loader once more (test_reuse)
 
 from bench.engine.config import PROTOCOLS, RunConfig
 from bench.engine.dataroot import announce_synthetic

@@ -44,6 +44,11 @@ class ProtocolModel(nn.Module):
         return self.model.encoder
 
     @property
+    def encoder_outputs_used(self):
+        """Which encoder outputs the model reads (positions or keys; None: all of them)."""
+        return getattr(self.model, "encoder_outputs_used", None)
+
+    @property
     def frozen(self) -> bool:
         return self.protocol in FROZEN_PROTOCOLS
 

@@ -26,6 +26,8 @@ from bench.models.protocols import ProtocolModel, load_into
 class LinearSegmenter(nn.Module):
     """Linear probe for segmentation: 1x1 conv on C5, bilinear upsampling to the input size."""
 
+    encoder_outputs_used = (-1,)  # C5 only (what feature reuse keeps, bench.models.reuse)
+
     def __init__(self, encoder: nn.Module, classes: int = 1):
         super().__init__()
         self.encoder = encoder

@@ -5,7 +5,7 @@ unrounded figures, so ``efficiency == pipeline_ips / compute_ips`` exactly):
 ``compute_ips``, ``pipeline_ips``, ``efficiency``, ``loader_ips``, ``dicom_ips``,
 ``cache_speedup`` (``loader_ips / dicom_ips``), ``dicom_step_ips``,
 ``dicom_step_efficiency`` (``dicom_step_ips / compute_ips``), ``reuse_speedup``
-(protocol -> ratio; ``None`` until feature reuse exists), ``reuse_limit`` (protocol ->
+(protocol -> ratio, a real epoch without / with reuse), ``reuse_limit`` (protocol ->
 head-only step / full step), ``reuse`` (every figure per frozen protocol), ``eval``,
 ``cache_build``, ``pretrain`` (method -> figures), ``memory`` (path -> peak host MiB,
 device MiB, one-batch Python allocation), ``settings``, ``command``, ``env``,
@@ -97,7 +97,7 @@ def assemble(
         "cache_speedup": loader / dicom_ips,
         "dicom_step_ips": dstep,
         "dicom_step_efficiency": dstep / compute,
-        "reuse_speedup": None if any(v is None for v in speedups.values()) else speedups,
+        "reuse_speedup": speedups,
         "reuse_limit": {p: reuse[p]["limit"] for p in REUSE_PROTOCOLS},
         "reuse_note": REUSE_NOTE,
         "reuse": reuse,
@@ -198,8 +198,7 @@ def _main_rows(r: dict) -> list[list[str]]:
     for p, limit in r["reuse_limit"].items():
         sp = (r["reuse_speedup"] or {}).get(p)
         rows.append([f"reuse_speedup {p}", _x(sp), f">= {rt[p]:g}x (resnet18, 64 px, CPU)", _meets(sp, rt[p]),
-                     "epoch with / without feature reuse; not implemented yet" if sp is None else
-                     "epoch without / with feature reuse"])  # fmt: skip
+                     f"epoch without / with feature reuse ({r['reuse'][p]['ratio_to_limit']:.2f} of the limit)"])  # fmt: skip
         rows.append(
             [
                 f"reuse_limit {p}",
@@ -241,7 +240,8 @@ def _reuse_rows(r: dict) -> list[list[str]]:
     for p, v in r["reuse"].items():
         rows.append([p, v["output"], _n(v["full_step_ips"]), _n(v["head_step_ips"]), _n(v["encoder_ips"]),
                      _n(v["pipeline_ips"]), _x(v["limit"]), _n(v["epoch_s"], 2), _n(v["epoch_s_reuse_limit"], 2),
-                     _n(v["features_once_s"], 2), _x(v["speedup"])])  # fmt: skip
+                     _n(v["reuse_epoch_s"], 2), _n(v["features_once_s"], 2), _x(v["speedup"]),
+                     f"{v['ratio_to_limit']:.2f}"])  # fmt: skip
     return rows
 
 
@@ -275,7 +275,8 @@ def markdown(r: dict) -> str:
     out += [_table(["figure", "value", "target", "met", "what it measures"], _main_rows(r)), ""]
     out += ["## Feature reuse (frozen encoders)", "", r["reuse_note"] + ".", ""]
     out += [_table(["protocol", "output", "full step", "head step", "encoder fwd", "pipeline", "limit",
-                    "epoch s", "epoch s at limit", "features once s", "reuse speedup"], _reuse_rows(r)), ""]  # fmt: skip
+                    "epoch s", "epoch s at limit", "epoch s reuse", "features once s", "reuse speedup",
+                    "of limit"], _reuse_rows(r)), ""]  # fmt: skip
     if r["pretrain"]:
         out += ["## Pretraining (`bench pretrain`)", "",
                 f"Training step on one batch of synthetic tensors on the device, batch {s['batch_size']}, "

@@ -1,43 +1,41 @@
-"""Encoder-feature reuse for the frozen protocols: its limit now, its real speed-up later.
+"""Encoder-feature reuse for the frozen protocols: its real speed-up and its limit.
 
 With a frozen encoder and no augmentation the encoder's outputs are the same every
-epoch, so they can be computed once and only the head trained (issue 12). The engine
-does not do that yet, so ``reuse_speedup`` is ``None`` and this module measures the
-*limit* of it, per protocol (``linear``, ``frozen``), on one batch already on the device:
+epoch; the engine computes them once (:mod:`bench.models.reuse`) and trains only the
+head. Measured per protocol (``linear``, ``frozen``), in one process:
 
-- ``full_step_ips``: the real training step of that protocol's model (the compute limit);
-- ``head_step_ips``: the same step with the encoder replaced by :class:`Replay`, which
-  hands back the features the encoder computed once for that batch, so everything else
-  (normalization, decoder / head, loss, backward, optimizer) is the real step;
-- ``encoder_ips``: the encoder's forward pass alone, without gradients: what computing
-  the features once costs per image;
-- ``pipeline_ips``: the real step through the real loader, for the epoch time without
-  reuse: ``epoch_s = n_train / pipeline_ips`` (projected from the timed steps);
-- ``limit = head_step_ips / full_step_ips``, ``epoch_s_reuse_limit = n_train / head_step_ips``;
+- ``epoch_s``: one training epoch without reuse, through the real loader
+  (``epoch_s = n_train / pipeline_ips``, projected from the timed steps);
+- ``reuse_epoch_s``: one real training epoch with reuse: the engine's
+  :class:`~bench.models.reuse.FeatureStore` built once on the train split (its time is
+  ``features_once_s``, not part of the epoch), then the real loop over
+  :class:`~bench.models.reuse.ReplayLoader` batches; ``speedup = epoch_s / reuse_epoch_s``
+  is ``reuse_speedup[protocol]``;
+- the limit, on one batch already on the device: ``full_step_ips`` (the real training
+  step) and ``head_step_ips`` (the same step with the encoder replaced by :class:`Replay`,
+  which hands back that batch's features), ``limit = head_step_ips / full_step_ips``;
+  ``ratio_to_limit = speedup / limit``;
+- ``encoder_ips``: the encoder's forward pass alone, without gradients;
 - ``head_loss_diff``: |loss of the full step - loss of the head-only step| on that batch
   (0: the replayed features stand in exactly for the encoder).
-
-Where the real path plugs in: :func:`reuse_epoch_seconds` returns the seconds of one real
-training epoch with reuse (features computed once, kept in memory or on disk, the head
-trained on them through the engine's own loop) once the engine has it; then
-``speedup = epoch_s / reuse_epoch_s`` and ``reuse_speedup[protocol]`` are filled in by
-:func:`measure_reuse` with no other change.
 """
 
 from __future__ import annotations
 
-import contextlib
+import time
 from collections import OrderedDict
 
 import torch
 from torch import nn
 
 from bench.models.device import autocast
+from bench.models.reuse import FeatureStore, ReplayEncoder, ReplayLoader, replaced_encoder
 from bench.perf.meter import Path, side_by_side
 from bench.perf.training import compute_path, first_batch, train_path
 
-REUSE_NOTE = ("feature reuse not implemented yet: reuse_speedup is null; reuse_limit is the head-only "
-              "training step on precomputed encoder features vs the full step, both on device tensors")  # fmt: skip
+REUSE_NOTE = ("reuse_speedup: a real training epoch with the encoder's features computed once (not counted) "
+              "vs one without; reuse_limit: the head-only step on precomputed features vs the full step, "
+              "both on device tensors")  # fmt: skip
 
 
 class Replay(nn.Module):
@@ -54,28 +52,6 @@ class Replay(nn.Module):
         if isinstance(f, list | tuple):
             return type(f)(f)
         return f
-
-
-def _parents(model: nn.Module, module: nn.Module) -> list[tuple[nn.Module, str]]:
-    found = [(parent, name) for parent in model.modules() for name, child in parent.named_children()
-             if child is module]  # fmt: skip
-    if not found:
-        raise RuntimeError("perf: the encoder is not a submodule of its model")
-    return found
-
-
-@contextlib.contextmanager
-def replaced_encoder(model: nn.Module, replacement: nn.Module):
-    """``model.encoder`` swapped for ``replacement`` inside the block (restored after it)."""
-    encoder = model.encoder
-    parents = _parents(model, encoder)
-    for parent, name in parents:
-        setattr(parent, name, replacement)
-    try:
-        yield
-    finally:
-        for parent, name in parents:
-            setattr(parent, name, encoder)
 
 
 def capture_encoder(trainer, batch) -> tuple[tuple, object]:
@@ -130,14 +106,30 @@ def head_loss_difference(trainer, batch, features) -> float:
     return float((full.float() - head.float()).abs())
 
 
-def reuse_epoch_seconds(setup, trainer) -> float | None:
-    """Seconds of one real training epoch with encoder-feature reuse; None until the engine has it.
+def reuse_epoch_seconds(setup, trainer) -> tuple[float, float, dict]:
+    """(seconds of one real training epoch with encoder-feature reuse, seconds to compute the
+    features once, the store's summary), on ``setup.train_idx`` with ``trainer``'s model."""
+    loader = trainer.loader(setup.prepared, setup.train_idx, train=True)
+    once = trainer.loader(setup.prepared, sorted(setup.train_idx), train=False)
+    store = FeatureStore.build(trainer.model, trainer.head.loss_step, once, setup.device,
+                               batch_size=trainer.cfg.batch_size)  # fmt: skip
+    try:
+        replay = ReplayEncoder(store)
+        with replaced_encoder(trainer.model, replay):
+            trainer.train(ReplayLoader(loader, replay))  # warm-up epoch
+            _sync(setup.device)
+            t0 = time.perf_counter()
+            trainer.train(ReplayLoader(loader, replay))
+            _sync(setup.device)
+            seconds = time.perf_counter() - t0
+        return seconds, store.seconds, store.summary()
+    finally:
+        store.close()
 
-    The plug-in point for issue 12's reuse: run one epoch of the engine's reuse path on
-    ``setup.train_idx`` with ``trainer``'s model (the features computed once, outside
-    the epoch, or counted in it as the engine does) and return its wall time.
-    """
-    return None
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def measure_reuse(setup, protocol: str) -> dict:
@@ -159,7 +151,13 @@ def measure_reuse(setup, protocol: str) -> dict:
     )
     n = len(setup.train_idx)
     epoch_s = n / pipe
-    reuse_s = reuse_epoch_seconds(setup, trainer)
+    # a fresh model (the paths above trained this one on one batch, over and over), stepped
+    # at lr 0: the same work per step, and a timing epoch that cannot diverge
+    fresh = setup.trainer(protocol)
+    for group in fresh.optimizer.param_groups:
+        group["lr"] = 0.0
+    reuse_s, once_s, store = reuse_epoch_seconds(setup, fresh)
+    speedup = epoch_s / reuse_s
     return {
         "output": trainer.output,
         "full_step_ips": full,
@@ -171,8 +169,10 @@ def measure_reuse(setup, protocol: str) -> dict:
         "n_train": n,
         "epoch_s": epoch_s,
         "epoch_s_reuse_limit": n / head,
-        "features_once_s": n / enc,
+        "features_once_s": once_s,
         "reuse_epoch_s": reuse_s,
-        "speedup": None if reuse_s is None else epoch_s / reuse_s,
+        "speedup": speedup,
+        "ratio_to_limit": speedup / (head / full),
+        "store": store,
         "memory": {f"reuse_{protocol}_{k}": m.memory() for k, m in meters.items()},
     }

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # not tqdm.auto, whose bar calls iter() on a loader once more (test_reuse)
 
 from bench.pretrain.methods import Context, get_method
 from bench.pretrain.settings import PretrainSettings, differences, resolve
