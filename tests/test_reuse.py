@@ -17,7 +17,6 @@ from bench.models.device import grad_scaler
 from bench.models.reuse import ReplayLoader, reuse_decision
 from tasks import get_task
 
-
 BATCH = 8
 
 

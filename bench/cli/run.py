@@ -6,7 +6,14 @@ import argparse
 import json
 import sys
 
-from bench.engine.config import ARCHS, DEFAULT_LR, DETECTORS, PROTOCOLS, RunConfig
+from bench.engine.config import (
+    ARCHS,
+    DEFAULT_LR,
+    DETECTORS,
+    DEVICE_CACHE_CHOICES,
+    PROTOCOLS,
+    RunConfig,
+)
 
 HELP = "train and test one (task, init, protocol, fraction, seed)"
 
@@ -59,10 +66,19 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                         + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
     g.add_argument("--weight-decay", type=float, default=0.0, help="(default: %(default)s)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: %(default)s)")
-    g.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default: %(default)s)")
+    g.add_argument("--num-workers", type=int,
+                   help="DataLoader workers (default: 0 on CPU; on CUDA min(4, cores), none with the device cache)")
     g.add_argument("--no-feature-reuse", dest="feature_reuse", action="store_false",
                    help="linear/frozen: run the frozen encoder on every batch of every epoch instead of "
                         "computing its outputs once (same metrics, slower; the record says which)")
+
+    g = p.add_argument_group("GPU path (same batches and run id; the record says which path ran)")
+    g.add_argument("--device-cache", choices=DEVICE_CACHE_CHOICES, default="auto",
+                   help="auto: on CUDA, copy the uint8 image cache (and masks) to the GPU once when it fits in "
+                        "half the free GPU memory and batch there, without a DataLoader; off: always the "
+                        "DataLoader (pinned memory on CUDA) (default: %(default)s)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the model's forward (a detector's backbone) before training")
 
     g = p.add_argument_group("initialization")
     g.add_argument("--checkpoint", help="checkpoint file for an init that takes a user checkpoint "

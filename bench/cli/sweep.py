@@ -19,6 +19,8 @@ def add_parser(sub, epilog: str) -> None:
     p.add_argument("--executor", choices=("local", "ray", "slurm"), default="local",
                    help="where runs execute (default: %(default)s); parameters from the file's executor: section")
     p.add_argument("--workers", type=int, help="local: worker processes (one per GPU when there are GPUs)")
+    p.add_argument("--runs-per-gpu", type=int, metavar="N",
+                   help="local: N runs share each GPU at once (N x visible GPUs workers; GPUs only)")
     p.add_argument("--address", help="ray: 'auto' (running cluster) or host:port (default: start a local Ray)")
     p.add_argument("--slurm-local", action="store_true",
                    help="slurm: run the jobs with submitit's local executor (no cluster needed)")
@@ -50,12 +52,18 @@ def main(args) -> int:
     from bench.experiments.sweep import load_sweep
 
     sweep = load_sweep(args.config)
-    flags = {"workers": ("local", args.workers), "address": ("ray", args.address),
-             "cluster": ("slurm", "local" if args.slurm_local else None)}  # fmt: skip
+    flags = {"workers": ("local", args.workers), "runs_per_gpu": ("local", args.runs_per_gpu),
+             "address": ("ray", args.address), "cluster": ("slurm", "local" if args.slurm_local else None)}  # fmt: skip
     for key, (kind, value) in flags.items():
         if value is not None and kind != args.executor:
-            flag = "--slurm-local" if key == "cluster" else f"--{key}"
+            flag = "--slurm-local" if key == "cluster" else f"--{key.replace('_', '-')}"
             raise ValueError(f"{flag} is for --executor {kind}, not {args.executor}")
+    if args.workers is not None and args.runs_per_gpu is not None:
+        raise ValueError("--workers and --runs-per-gpu: give one of them (--runs-per-gpu N runs N x GPUs workers)")
+    local = sweep.executor.get("local") or {}
+    for flag, other in (("workers", "runs_per_gpu"), ("runs_per_gpu", "workers")):
+        if getattr(args, flag) is not None and args.executor == "local":
+            local.pop(other, None)  # a flag replaces the file's other way of counting workers
     if args.dry_run:
         rows = plan(sweep, retry_failed=args.retry_failed, skip_running=args.skip_running)
         for row in rows:

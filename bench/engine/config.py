@@ -20,6 +20,7 @@ from pathlib import Path
 PROTOCOLS = ("frozen", "linear", "finetune")
 ARCHS = ("resnet18", "resnet34", "resnet50")
 DETECTORS = ("retinanet", "fasterrcnn")
+DEVICE_CACHE_CHOICES = ("auto", "off")  # bench.models.datasets.device_cache_plan
 
 # Learning rates when --lr is not given: a trained head on frozen features takes a
 # larger step than a fine-tuned encoder (LoVT/MGCA use the same order of magnitude).
@@ -45,8 +46,12 @@ class RunConfig:
     weight_decay: float = 0.0
     patience: int = 5
     device: str = "auto"
-    num_workers: int = 0
+    num_workers: int | None = None  # DataLoader workers; None: 0 on CPU, min(4, cores) on CUDA (not in the run id)
     feature_reuse: bool = True  # frozen protocols: encoder outputs computed once (same result; not in the run id)
+    # GPU path (same batches, not in the run id): the cache on the GPU when it fits (auto|off);
+    # torch.compile of the model's forward
+    device_cache: str = "auto"
+    compile: bool = False
     detector: str = "retinanet"
     # initialization
     checkpoint: str | None = None
@@ -169,6 +174,11 @@ def check_settings(cfg: RunConfig) -> None:
         raise ValueError(f"--lr must be a positive, finite number, got {cfg.lr!r}")
     if not (_finite_number(cfg.weight_decay) and cfg.weight_decay >= 0):
         raise ValueError(f"--weight-decay must be a finite number >= 0, got {cfg.weight_decay!r}")
+    if cfg.num_workers is not None and (isinstance(cfg.num_workers, bool) or not isinstance(cfg.num_workers, int)
+                                        or cfg.num_workers < 0):  # fmt: skip
+        raise ValueError(f"--num-workers must be an integer >= 0, got {cfg.num_workers!r}")
+    if cfg.device_cache not in DEVICE_CACHE_CHOICES:
+        raise ValueError(f"--device-cache must be one of {', '.join(DEVICE_CACHE_CHOICES)}, got {cfg.device_cache!r}")
     if (cfg.mean is None) != (cfg.std is None):
         raise ValueError("--mean and --std go together (one value, or one per input channel)")
     if cfg.std is not None and not all(float(v) > 0 for v in cfg.std):

@@ -42,8 +42,8 @@ from bench.engine.dataroot import resolve_data_root
 from bench.engine.records import RECORD_VERSION, env_info, record_path, write_json_atomic
 from bench.engine.train import NanLossError, fit, seed_everything
 from bench.engine.weights import LeakageError, load_weights
-from bench.models.datasets import make_loader
-from bench.models.device import resolve_device
+from bench.models.datasets import DeviceBatches, DeviceCache, device_cache_plan, make_loader
+from bench.models.device import compile_model, loader_workers, resolve_device
 from bench.models.heads import make_head
 from bench.models.protocols import count_parameters
 from bench.models.reuse import (
@@ -129,7 +129,10 @@ def execute(cfg: RunConfig) -> dict:
         env=env_info(str(device)),
         timing={"started": _now()},
     )
-    write_json_atomic(out_path, record)
+    try:
+        write_json_atomic(out_path, record)
+    except OSError as e:  # a full disk or a folder gone read-only: nothing trained yet, nothing lost
+        raise OutputError(f"cannot write the run record {out_path}: {e.strerror or e}") from e
 
     try:
         seed_everything(cfg.seed)
@@ -269,9 +272,24 @@ def _train_and_test(cfg, prepared, encoder, winfo, splits, train_idx, device) ->
         model = model.to(memory_format=torch.channels_last)
     metric = cfg.spec.primary_metric(cfg.protocol)
 
+    data_path: dict = {}  # decided at the first loader: the device cache, or the DataLoader
+
     def loader(idx, train):
-        return make_loader(head.dataset(prepared, idx), cfg.batch_size, train=train, seed=cfg.seed,
-                           num_workers=cfg.num_workers, collate_fn=head.collate)  # fmt: skip
+        """The batches of cache indices ``idx``: gathered on the GPU from the run's cache
+        copied there once (DeviceBatches) when it fits, else a DataLoader; same batches."""
+        dataset = head.dataset(prepared, idx)
+        if not data_path:
+            use, why = device_cache_plan(cfg.device_cache, dataset, device)
+            if use:
+                cache = DeviceCache.of(dataset, device)
+                data_path.update(kind="device", reason=why, bytes=cache.nbytes, cache=cache)
+            else:
+                data_path.update(kind="loader", reason=why, num_workers=loader_workers(cfg.num_workers, device),
+                                 pin_memory=device.type == "cuda")  # fmt: skip
+        if data_path["kind"] == "device":
+            return DeviceBatches(dataset, cfg.batch_size, train=train, seed=cfg.seed, cache=data_path["cache"])
+        return make_loader(dataset, cfg.batch_size, train=train, seed=cfg.seed, num_workers=data_path["num_workers"],
+                           collate_fn=head.collate, pin_memory=data_path["pin_memory"])  # fmt: skip
 
     evaluate = head.evaluator(prepared.ids)
     train_loader, val_loader, test_loader = (loader(train_idx, True), loader(splits["val"], False),
@@ -296,6 +314,7 @@ def _train_and_test(cfg, prepared, encoder, winfo, splits, train_idx, device) ->
                 train_loader, val_loader, test_loader = (ReplayLoader(x, replay)
                                                          for x in (train_loader, val_loader, test_loader))  # fmt: skip
                 reuse_info.update(store.summary())
+        compiled = compile_model(model, cfg.compile)  # after the feature store: its hook runs eagerly
         try:
             fitted = fit(
                 model, train_loader, val_loader,
@@ -326,6 +345,8 @@ def _train_and_test(cfg, prepared, encoder, winfo, splits, train_idx, device) ->
         "diverged": fitted.get("diverged", False),
         "parameters": count_parameters(model),
         "feature_reuse": reuse_info,
+        "data_path": {k: v for k, v in data_path.items() if k != "cache"},
+        "compile": compiled,
         "timing_train": {"train_s": round(train_s, 3)},
     }
     if wants_predictions:

@@ -9,6 +9,8 @@ that every node shares, and cxrbench installed on every node.
 - ``local``: in this process, one run after another; ``workers: N`` (``--workers``)
   runs N worker processes instead, each pinned to ``cuda:i`` (i = worker index modulo
   the GPUs) when there are GPUs, else on the CPU with ``cores // N`` torch threads.
+  ``runs_per_gpu: N`` (``--runs-per-gpu``) sets the workers to N x the visible GPUs, so
+  N small runs share each GPU (:func:`local_workers`); without GPUs it is an error.
 - ``ray``: one Ray task per run with ``num_cpus``/``num_gpus`` (default 1 CPU, 0 GPU).
   ``address`` (``--address``): ``auto`` (the running cluster) or ``host:port``; none
   starts a local Ray instance with ``cluster_cpus`` CPUs (default: all). When Ray is
@@ -46,7 +48,7 @@ SUBMITIT_GENERIC = tuple(
     "timeout_min mem_gb nodes cpus_per_task gpus_per_node tasks_per_node name".split()
 )
 EXECUTOR_KEYS = {  # parameters under `executor.<kind>` in a sweep file
-    "local": ("workers", "threads"),
+    "local": ("workers", "runs_per_gpu", "threads"),
     "ray": ("address", "num_cpus", "num_gpus", "cluster_cpus", "threads"),
     # plus any slurm_* parameter of submitit's SlurmExecutor
     "slurm": ("folder", "cluster", "threads", *SLURM_SHORTHANDS, *SUBMITIT_GENERIC),
@@ -157,15 +159,48 @@ def get_executor(kind: str, params: dict, name: str = "bench") -> Executor:
         raise ValueError(f"unknown executor {kind!r}; known: {', '.join(EXECUTORS)}")
     _check(params, EXECUTOR_KEYS[kind], kind)
     if kind == "local":
-        return lambda jobs: run_local(
-            jobs, workers=params.get("workers") or 1, threads=params.get("threads")
-        )
+        workers = local_workers(params)  # checked now, before any run
+        return lambda jobs: run_local(jobs, workers=workers, threads=params.get("threads"))
     if kind == "ray":
         return lambda jobs: run_ray(jobs, **params)
     return lambda jobs: run_slurm(jobs, name=name, **params)
 
 
 # ---------------------------------------------------------------- local
+
+
+def visible_gpus() -> int:
+    """The CUDA devices this process sees (0 without CUDA)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _positive_int(value, flag: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{flag} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def local_workers(params: dict) -> int:
+    """Worker processes of the local executor: ``workers`` (default 1), or
+    ``runs_per_gpu`` x the visible GPUs; ``runs_per_gpu`` without GPUs, or with
+    ``workers``, is an error (one line)."""
+    workers, per_gpu = params.get("workers"), params.get("runs_per_gpu")
+    if per_gpu is None:
+        return workers or 1  # run_local refuses a negative count
+    per_gpu = _positive_int(per_gpu, "--runs-per-gpu")
+    if workers is not None:
+        raise ValueError("--workers and --runs-per-gpu: give one of them (--runs-per-gpu N runs N x GPUs workers)")
+    n_gpus = visible_gpus()
+    if not n_gpus:
+        raise ValueError("--runs-per-gpu needs GPUs; use --workers on CPU")
+    return per_gpu * n_gpus
+
+
+def worker_device(index: int, n_gpus: int) -> str | None:
+    """The device of local worker ``index``: ``cuda:(index % GPUs)``, None (auto) without GPUs."""
+    return f"cuda:{index % n_gpus}" if n_gpus else None
 
 
 _WORKER: dict = {}
@@ -175,7 +210,7 @@ def _init_worker(slots, threads: int, n_gpus: int) -> None:
     import torch
 
     index = slots.get()
-    _WORKER["device"] = f"cuda:{index % n_gpus}" if n_gpus else None
+    _WORKER["device"] = worker_device(index, n_gpus)
     torch.set_num_threads(threads)
 
 
@@ -197,9 +232,7 @@ def run_local(
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    import torch
-
-    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    n_gpus = visible_gpus()
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     ctx = mp.get_context("spawn")
     slots = ctx.Queue()

@@ -31,7 +31,7 @@ A benchmark is hundreds of runs (task x init x protocol x fraction x seed). YAML
       seed: 0                  # selection seed (default 0)
       out: runs/mybench-lr-search   # default: <out>-lr-search
     executor:                  # optional parameters of each executor (bench sweep --executor)
-      local: {workers: 1, threads: null}
+      local: {workers: 1, threads: null}   # or runs_per_gpu: N (N runs share each GPU; GPUs only)
       ray: {address: null, num_cpus: 1, num_gpus: 0, cluster_cpus: null, threads: null}
       slurm: {partition: gpu, timeout_min: 240, gpus_per_node: 1, cpus_per_task: 8,
               mem_gb: 32, folder: null, cluster: null, threads: null}

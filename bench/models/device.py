@@ -2,13 +2,16 @@
 
 Owns :func:`resolve_device` (``auto`` = the GPU when there is one; a device this machine
 cannot provide is a :class:`DeviceError`, bad input), :func:`autocast`
-(bf16 on GPUs that have it, fp16 otherwise, nothing on CPU) and :func:`grad_scaler`
-(only for fp16). On CPU everything runs in float32 and repeats exactly for a seed.
+(bf16 on GPUs that have it, fp16 otherwise, nothing on CPU), :func:`grad_scaler`
+(only for fp16), :func:`loader_workers` (DataLoader workers when not given: none on
+CPU, ``min(4, cores)`` on CUDA) and :func:`compile_model` (``--compile``). On CPU
+everything runs in float32 and repeats exactly for a seed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -62,3 +65,57 @@ def autocast(device: torch.device):
 def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
     enabled = device.type == "cuda" and not torch.cuda.is_bf16_supported()
     return torch.amp.GradScaler("cuda", enabled=enabled)
+
+
+CUDA_LOADER_WORKERS = 4  # DataLoader workers on CUDA when --num-workers is not given
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def loader_workers(requested: int | None, device: torch.device) -> int:
+    """DataLoader workers: ``requested`` when given, else 0 on CPU (the training threads
+    use the cores) and ``min(4, cores)`` on CUDA (reading and collating overlap the GPU)."""
+    if requested is not None:
+        return int(requested)
+    return min(CUDA_LOADER_WORKERS, available_cores()) if device.type == "cuda" else 0
+
+
+def compile_target(model: torch.nn.Module) -> tuple[str, torch.nn.Module]:
+    """(name, module) of the part of a ``ProtocolModel`` that ``--compile`` compiles.
+
+    A segmenter's inner model (``model.model``: U-Net or linear probe) is one tensor
+    graph of fixed shapes. A torchvision detector is not (its transform, anchors, box
+    matching and post-processing are Python over lists of images and of a varying
+    number of boxes): there only its backbone (``model.model.backbone``: the encoder and
+    the FPN) is compiled.
+    """
+    inner = model.model
+    backbone = getattr(inner, "backbone", None)
+    if isinstance(backbone, torch.nn.Module):
+        return "model.backbone", backbone
+    return "model", inner
+
+
+def compile_model(model: torch.nn.Module, enabled: bool) -> dict:
+    """``--compile``: compile the tensor part of ``model`` in place, for the record.
+
+    ``nn.Module.compile()`` on the inner module (:func:`compile_target`), not
+    ``torch.compile(model)``: the model stays the same ``ProtocolModel`` (its protocol,
+    ``train()``, ``encoder``), its state-dict keys keep their names (no ``_orig_mod.``),
+    so ``fit``'s best-weights copy and ``load_state_dict`` work unchanged, and every
+    caller (loss step, evaluation, predictions, examples) gets the compiled forward.
+    Compilation happens at the first call; train and eval modes are compiled once each
+    (and once more when feature reuse puts the encoder back, for the examples).
+    """
+    if not enabled:
+        return {"enabled": False}
+    torch._dynamo.reset()  # a fresh start per run: a sweep's runs in one process never reach dynamo's recompile limit
+    name, target = compile_target(model)
+    target.compile()
+    return {"enabled": True, "target": name, "backend": "inductor"}
