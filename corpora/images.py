@@ -120,6 +120,12 @@ def decode_images(
     cached = _load(target, corpus, size)
     built = False
     if cached is None:
+        from bench.util import writable_dir_problem
+
+        problem = writable_dir_problem(target.parent)
+        if problem:
+            raise DataError(f"the image cache of this corpus ({target}) must be built, but its folder "
+                            f"cannot be written: {problem}; set CXRBENCH_CACHE to a writable folder")  # fmt: skip
         with _lock(target.parent / LOCKS / target.name):  # one builder per key (e.g. DDP ranks)
             cached = _load(target, corpus, size)
             if cached is None:

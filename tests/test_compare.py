@@ -338,3 +338,31 @@ def test_old_baseline_without_per_seed_values(tmp_path):
     assert "records no torch build or CPU" in out
     drop = _seed_runs(tmp_path / "d", [v - 0.1 for v in BASE5])
     assert compare(drop, load_baseline(path))["rows"][0]["verdict"] == "regression"
+
+
+def test_two_sided_fails_a_clear_rise_and_one_sided_marks_it_improved(tmp_path):
+    new = [v + 0.05 for v in BASE5]  # e.g. a metric that counts the wrong thing and inflates
+    one, _, base = _against(tmp_path, BASE5, new)
+    assert one["rows"][0]["verdict"] == "improved" and not one["failed"]
+    runs = _seed_runs(tmp_path / "n2", new)
+    two = compare(runs, base, None, 0.05, False, True)
+    (row,) = two["rows"]
+    assert row["verdict"] == "changed" and two["failed"] and row["p_up"] < 0.025
+    text = format_summary(two)
+    assert "❌ changed" in text and "(rise)" in text and "--two-sided" in text
+    # noise stays ok two-sided; a clear drop is still a regression
+    assert not compare(_seed_runs(tmp_path / "n3", [0.61, 0.60, 0.63, 0.62, 0.59]), base, None, 0.05, False,
+                       True)["failed"]  # fmt: skip
+    drop = compare(_seed_runs(tmp_path / "n4", [v - 0.05 for v in BASE5]), base, None, 0.05, False, True)
+    assert drop["rows"][0]["verdict"] == "regression"
+
+
+def test_two_sided_flag_on_the_cli(tmp_path, capsys):
+    base_file = tmp_path / "base.json"
+    _seed_runs(tmp_path / "b", BASE5)
+    assert main(["compare", str(tmp_path / "b"), "--baseline", str(base_file), "--update-baseline"]) == 0
+    runs = _seed_runs(tmp_path / "n", [v + 0.05 for v in BASE5])
+    assert main(["compare", str(runs), "--baseline", str(base_file)]) == 0
+    assert main(["compare", str(runs), "--baseline", str(base_file), "--two-sided"]) == 1
+    assert main(["compare", str(runs)]) == 2  # no --baseline
+    assert "--baseline FILE is required" in capsys.readouterr().err

@@ -429,3 +429,31 @@ def test_rsna_dicom_without_a_label_row_warns(tmp_path, cache):
     shown = [p for p in orphans if f"{rsna.IMAGE_DIR}/{p.name}" in msg]
     assert len(shown) == 5 and msg.endswith("(+2 more)")
     assert prepared.manifest["counts"]["n_dicoms_without_labels"] == 7
+
+
+def test_full_disk_on_the_first_record_is_one_line(tmp_path, capsys, monkeypatch, synth_data):
+    import errno
+
+    def full(path, obj, **kw):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(runner, "write_json_atomic", full)
+    out = tmp_path / "r"
+    assert main([*RUN, "--init", "random", "--data-root", str(synth_data[0]), "--out", str(out)]) == 2
+    err = _error(capsys)
+    assert f"cannot write the run record {out}" in err and "No space left on device" in err
+
+
+def test_read_only_cache_for_a_pretraining_corpus(tmp_path, monkeypatch, restore_modes):
+    from corpora import decode_images, read_corpus, synth
+    from tasks.errors import DataError
+
+    root = tmp_path / "corpus"
+    synth(root, n_patients=3, seed=1, size=32, progress=False)
+    corpus = read_corpus(root)
+    ro = tmp_path / "ro-cache"
+    monkeypatch.setenv("CXRBENCH_CACHE", str(ro))
+    deny_write(monkeypatch, ro)
+    restore_modes(ro)
+    with pytest.raises(DataError, match="cannot be written.*set CXRBENCH_CACHE to a writable folder"):
+        decode_images(corpus, 32, progress=False)

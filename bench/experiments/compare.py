@@ -15,7 +15,11 @@ primary metric summarized over seeds by :func:`bench.reporting.frame.aggregate`.
 - ⚠ ``no power``: fewer than 3 seeds on a side and no tolerance regression: the check
   cannot detect a drop, which is said rather than passed. It fails (exit 1) unless
   ``allow_low_power`` (``--allow-low-power``), where it is reported only.
-- ✅ ``improved`` (the same test rejects "new <= baseline") or ✅ ``ok``.
+- ✅ ``improved`` (the same test rejects "new <= baseline") or ✅ ``ok``. With
+  ``two_sided`` (``--two-sided``, what the CI benchmark uses) each side is tested at
+  ``alpha / 2`` and a significant rise (or one beyond ``tolerance``) is ❌ ``changed``,
+  a failure: a harness whose numbers rise by themselves has a bug as surely as one
+  whose numbers drop (a metric that counts the wrong thing usually inflates).
 - An older baseline without per-seed ``values``: no test; the allowed drop is
   ``tolerance``, else that baseline's 95% CI half-width (its rule), and the summary says
   that the per-seed values are missing.
@@ -67,10 +71,10 @@ from bench.experiments.baseline import (
 )
 from bench.metrics.stats import ALPHA, MIN_SEEDS, POWER, drop_test, min_detectable_drop
 
-ICONS = {"ok": "✅", "improved": "✅", "regression": "❌", "no power": "⚠", "missing": "⚠",
+ICONS = {"ok": "✅", "improved": "✅", "regression": "❌", "changed": "❌", "no power": "⚠", "missing": "⚠",
          "incomplete": "⚠", "new": "🆕"}  # fmt: skip
-FAILING = ("regression", "missing", "incomplete")  # + "no power" unless allow_low_power
-ORDER = ("regression", "no power", "missing", "incomplete", "improved", "ok", "new")
+FAILING = ("regression", "changed", "missing", "incomplete")  # + "no power" unless allow_low_power
+ORDER = ("regression", "changed", "no power", "missing", "incomplete", "improved", "ok", "new")
 _EPS = 1e-12  # float noise allowed on top of the margin
 
 
@@ -85,7 +89,8 @@ def _identical(base: dict, new: dict) -> bool:
     return all(abs(float(a) - float(b)) <= _EPS for a, b in zip(bv, nv))
 
 
-def _verdict(base: dict, new: dict | None, tolerance: float | None, alpha: float) -> dict:
+def _verdict(base: dict, new: dict | None, tolerance: float | None, alpha: float,
+             two_sided: bool = False) -> dict:  # fmt: skip
     row = {"key": cell_key(base), "cell": cell_label(base), "baseline": base, "new": new,
            "test": None, "p": None}  # fmt: skip
     b_mean, b_half = finite(base.get("mean")), finite(base.get("ci_half"))
@@ -110,20 +115,25 @@ def _verdict(base: dict, new: dict | None, tolerance: float | None, alpha: float
     if per_seed and _identical(base, new):
         row.update(test="identical", verdict="ok")
         return row
+    level = alpha / 2 if two_sided else alpha  # two-sided: alpha/2 on each side
     if not per_seed:
         row["test"] = "no per-seed values"
     else:
-        t = drop_test(new.get("values") or [], base["values"], alpha)
-        row.update(test=t["test"], p=t["p"])
+        t = drop_test(new.get("values") or [], base["values"], level)
+        row.update(test=t["test"], p=t["p"], p_up=t["p_up"])
+    powered = per_seed and min(n_new, n_base) >= MIN_SEEDS
+    rose = powered and t["p_up"] is not None and t["p_up"] <= level + _EPS
     if margin is not None and delta < -margin - _EPS:
         row["verdict"] = "regression"
-    elif per_seed and t["reject"] and min(n_new, n_base) >= MIN_SEEDS:
+    elif powered and t["reject"]:
         row["verdict"] = "regression"
+    elif two_sided and (rose or (margin is not None and delta > margin + _EPS)):
+        row["verdict"] = "changed"
     elif n_new < n_base:
         row["verdict"] = "incomplete"
     elif per_seed and min(n_new, n_base) < MIN_SEEDS:
         row["verdict"] = "no power"
-    elif per_seed and t["p_up"] is not None and t["p_up"] <= alpha + _EPS:
+    elif rose:
         row["verdict"] = "improved"
     elif not per_seed and delta > margin + _EPS:
         row["verdict"] = "improved"
@@ -154,6 +164,7 @@ def compare(
     tolerance: float | None = None,
     alpha: float = ALPHA,
     allow_low_power: bool = False,
+    two_sided: bool = False,
 ) -> dict:
     """Compare the runs under ``runs_dir`` with a baseline (dict or file).
 
@@ -175,7 +186,7 @@ def compare(
     for cell in base["cells"].values():
         k = match_key(cell)
         seen.add(k)
-        rows.append(_verdict(cell, new_cells.get(k), tolerance, alpha))
+        rows.append(_verdict(cell, new_cells.get(k), tolerance, alpha, two_sided))
     for k, cell in new_cells.items():
         if k not in seen:
             row = {"key": cell_key(cell), "cell": cell_label(cell), "baseline": None,
@@ -217,6 +228,7 @@ def compare(
         "tolerance": tolerance,
         "alpha": alpha,
         "allow_low_power": allow_low_power,
+        "two_sided": two_sided,
     }
 
 
@@ -237,7 +249,7 @@ def _head(result: dict, baseline_path: str | Path | None) -> list[str]:
     """The verdict line, what was compared with what, and the rule."""
     c = result["counts"]
     parts = []
-    for v, word in (("regression", "regression(s)"), ("no power", "no power"),
+    for v, word in (("regression", "regression(s)"), ("changed", "changed"), ("no power", "no power"),
                     ("missing", "missing"),
                     ("incomplete", "incomplete"), ("improved", "improved"), ("ok", "ok"),
                     ("new", "new")):  # fmt: skip
@@ -258,11 +270,14 @@ def _head(result: dict, baseline_path: str | Path | None) -> list[str]:
                                   ": the numbers may differ for that reason alone."))  # fmt: skip
     alpha = result["alpha"]
     tol = result["tolerance"]
+    two = result.get("two_sided", False)
     rule = (
         f"A cell regresses when a one-sided test of its new per-seed values against the "
-        f"baseline's rejects \"new >= baseline\" at alpha {alpha:g} (Welch's t-test with "
+        f"baseline's rejects \"new >= baseline\" at alpha {alpha / 2 if two else alpha:g} (Welch's t-test with "
         f">= 5 seeds on both sides, else an exact permutation test of the mean difference)"
         + (f", or when its mean drops by more than the tolerance {tol:g}" if tol is not None else "")
+        + (f"; --two-sided: a rise is tested the same way at alpha {alpha / 2:g} and fails too "
+           "(❌ changed: a harness's numbers must not move without a baseline refresh)" if two else "")
         + f". With fewer than {MIN_SEEDS} seeds on a side the check has no power (⚠ no power, "
         + ("reported, not failed: --allow-low-power" if result["allow_low_power"] else "fails")
         + "). Identical per-seed values pass without a test. Min. detectable drop = "
@@ -309,6 +324,8 @@ def _cell_table(rows: list[dict]) -> list[str]:
         if r["margin_from"] == "none":
             margin += " (n=1, no CI)"
         p = "" if r.get("p") is None else f"{r['p']:.3g}"
+        if r["verdict"] in ("changed", "improved") and r.get("p_up") is not None:
+            p = f"{r['p_up']:.3g} (rise)"
         mdd = "" if r.get("mdd") is None else f"{r['mdd']:.4f}"
         table.append(
             f"| {r['cell']} | {_stats_text(r['baseline'])} | {_stats_text(r['new'])} | "
@@ -362,7 +379,7 @@ def _emit(text: str, summary: str | Path | None) -> None:
 
 def _update(
     runs_dir: str | Path, baseline_path: str | Path, tolerance: float | None, config: str | None,
-    alpha: float = ALPHA, allow_low_power: bool = False,
+    alpha: float = ALPHA, allow_low_power: bool = False, two_sided: bool = False,
 ) -> str:
     """Write the baseline from the runs; the text says how they compare with the old one."""
     old = None
@@ -378,7 +395,7 @@ def _update(
         f"`{runs_dir}` (commit `{base['git_commit']}`, config `{base['config']}`).\n"
     )
     if old is not None:
-        previous = format_summary(compare(runs_dir, old, tolerance, alpha, allow_low_power))
+        previous = format_summary(compare(runs_dir, old, tolerance, alpha, allow_low_power, two_sided))
         text += "\nThese runs against the previous baseline:\n\n" + previous.split("\n", 2)[2]
     return text
 
@@ -392,6 +409,7 @@ def run_compare(
     config: str | None = None,
     alpha: float = ALPHA,
     allow_low_power: bool = False,
+    two_sided: bool = False,
 ) -> int:
     """What ``bench compare`` does; returns the exit status (0 ok, 1 regression/missing).
 
@@ -399,9 +417,9 @@ def run_compare(
     the old one when there is one) and returns 0.
     """
     if update:
-        _emit(_update(runs_dir, baseline_path, tolerance, config, alpha, allow_low_power), summary)
+        _emit(_update(runs_dir, baseline_path, tolerance, config, alpha, allow_low_power, two_sided), summary)
         return 0
-    result = compare(runs_dir, baseline_path, tolerance, alpha, allow_low_power)
+    result = compare(runs_dir, baseline_path, tolerance, alpha, allow_low_power, two_sided)
     _emit(format_summary(result, baseline_path), summary)
     return 1 if result["failed"] else 0
 
