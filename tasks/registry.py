@@ -94,7 +94,8 @@ class TaskSpec:
     - ``metrics``: output kind -> reported test metrics, the primary one first.
     - ``prepare(root, image_size, *, strict, progress, **options) -> Prepared``: the
       dataset in its official layout -> the uint8 cache (``tasks.cache``), with
-      ``masks`` for a mask output and ``boxes`` for a boxes output.
+      ``masks`` for a mask output and ``boxes`` for a boxes output. The built-in tasks
+      also take ``workers`` (the build's processes; default ``$CXRBENCH_CACHE_WORKERS``).
     - ``synth(out, *, n, seed, size, progress) -> dict``: synthetic data in the same
       layout (``bench synth``, and the built-in default when no data is given).
     - ``load_ground_truth(root, *, progress, **options) -> {id: entry}``: labels at

@@ -63,6 +63,12 @@ def _check_result(r: dict, task: str, methods: list[str], image_size: int = 32) 
         and cb["n_images"] == 2
         and cb["source_size"] == 1024
     )
+    assert _positive(cb["seconds"]) and cb["image_size"] == image_size
+    par = cb["parallel"]
+    assert par["workers"] == 2 and _positive(par["ips"]) and _positive(par["seconds"])
+    assert _positive(cb["usable_cores"])
+    assert r["cache_build_2_vs_1"] == cb["ratio_2_vs_1"] == par["ips"] / cb["ips"]
+    assert r["targets"]["cache_build_2_vs_1_workers"] == 1.7
     assert sorted(r["pretrain"]) == sorted(methods)
     for name, v in r["pretrain"].items():
         assert _positive(v["ips"]), (name, v)
@@ -90,7 +96,7 @@ def test_perf_siim_writes_table_and_json(tiny_synth, tmp_path):
     _check_result(r, "siim", ["simclr", "moco", "convirt", "clip", "supervised"])
     text = md.read_text()
     for name in ("compute_ips", "pipeline_ips", "efficiency", "cache_speedup", "reuse_limit frozen",
-                 "## Feature reuse", "## Pretraining", "## Peak memory", "## Settings", "## Machine"):  # fmt: skip
+                 "cache_build_ips", "cache_build_ips 2 workers", "cache_build_2_vs_1", "## Feature reuse", "## Pretraining", "## Peak memory", "## Settings", "## Machine"):  # fmt: skip
         assert name in text
 
 

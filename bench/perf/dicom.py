@@ -3,8 +3,10 @@
 Owns :func:`dicom_root` (a few 1024x1024 synthetic DICOMs in the task's own layout,
 written once by the task's ``synth`` under ``$CXRBENCH_CACHE/perf/``, with its mix of
 plain, RLE, JPEG, MONOCHROME1 and rescaled files), :func:`timed_cache_build` (the
-task's ``prepare`` of that folder into a fresh cache: cache-build images/s, one
-worker) and :func:`dicom_prepared` (that cache with its images replaced by
+task's ``prepare`` of that folder into a fresh cache with a given number of worker
+processes, ``$CXRBENCH_CACHE_WORKERS``: cache-build images/s),
+:func:`cache_build_summary` (the builds with 1 and 2 workers side by side) and
+:func:`dicom_prepared` (that cache with its images replaced by
 :class:`DicomImages`: every access reads the DICOM with
 :func:`tasks.imageio.read_dicom` and resizes it with :func:`tasks.imageio.resize_image`,
 so the task's own dataset, collate and loss step run unchanged on the per-sample path;
@@ -27,7 +29,7 @@ from tasks import get_task
 from tasks.imageio import read_dicom, resize_image
 
 SOURCE_SIZE = 1024  # the real SIIM and RSNA DICOMs
-CACHE_BUILD_WORKERS = 1  # the cache build is serial today (issue 12: parallel workers)
+CACHE_BUILD_WORKERS = (1, 2)  # the cache build is timed in-process and with 2 workers (issue 12)
 
 
 def dicom_root(task: str, n: int, *, progress: bool = True) -> Path:
@@ -39,24 +41,24 @@ def dicom_root(task: str, n: int, *, progress: bool = True) -> Path:
 
 
 @contextlib.contextmanager
-def _cache_root(path: Path):
-    """``$CXRBENCH_CACHE`` pointed at ``path`` for the duration (a fresh cache: nothing reused)."""
-    old = os.environ.get("CXRBENCH_CACHE")
-    os.environ["CXRBENCH_CACHE"] = str(path)
+def _environ(name: str, value: str):
+    """``$name`` set to ``value`` for the duration, restored afterwards."""
+    old = os.environ.get(name)
+    os.environ[name] = value
     try:
         yield
     finally:
         if old is None:
-            os.environ.pop("CXRBENCH_CACHE", None)
+            os.environ.pop(name, None)
         else:
-            os.environ["CXRBENCH_CACHE"] = old
+            os.environ[name] = old
 
 
 @dataclasses.dataclass
 class CacheBuild:
     prepared: object  # tasks.cache.Prepared
     seconds: float
-    workers: int = CACHE_BUILD_WORKERS
+    workers: int = 1
 
     @property
     def ips(self) -> float:
@@ -68,15 +70,35 @@ class CacheBuild:
 
 
 def timed_cache_build(
-    task: str, root: Path, image_size: int, cache: Path, options: dict
+    task: str, root: Path, image_size: int, cache: Path, options: dict, *, workers: int = 1
 ) -> CacheBuild:
-    """The task's ``prepare`` of ``root`` into the empty cache folder ``cache``, timed."""
+    """The task's ``prepare`` of ``root`` into the empty cache folder ``cache``, timed.
+
+    ``workers`` goes through ``$CXRBENCH_CACHE_WORKERS`` (so any task that builds with
+    :func:`tasks.cache.build_cache` follows it); the count reported is the one the
+    manifest records as used.
+    """
+    from tasks.cache import WORKERS_ENV
+
     spec = get_task(task)
-    with _cache_root(cache):
+    with _environ("CXRBENCH_CACHE", str(cache)), _environ(WORKERS_ENV, str(int(workers))):
         t0 = time.perf_counter()
         prepared = spec.prepare(root, image_size, strict=False, progress=False, **options)
         seconds = time.perf_counter() - t0
-    return CacheBuild(prepared, seconds)
+    used = (prepared.manifest.get("build") or {}).get("workers", workers)
+    return CacheBuild(prepared, seconds, workers=int(used))
+
+
+def cache_build_summary(one: CacheBuild, two: CacheBuild, image_size: int) -> dict:
+    """The ``cache_build`` figures: the 1-worker build's (as before), plus ``parallel``
+    (the same DICOMs built with 2 workers) and ``ratio_2_vs_1`` = ips(2) / ips(1)."""
+    from tasks.cache import usable_cores
+
+    summary = one.summary(image_size)
+    summary["parallel"] = {"ips": two.ips, "workers": two.workers, "seconds": two.seconds}
+    summary["ratio_2_vs_1"] = two.ips / one.ips
+    summary["usable_cores"] = usable_cores()
+    return summary
 
 
 class DicomImages:

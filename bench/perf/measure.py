@@ -1,7 +1,8 @@
 """``measure(settings)``: every figure of ``bench perf``, measured in one process.
 
 Order: the run's setup (data, initialization, cache, split) as ``bench run`` makes
-it; the 1024x1024 DICOM folder and the timed cache build; the data paths side by side
+it; the 1024x1024 DICOM folder and the timed cache builds (1 worker, then 2 workers,
+each into a fresh cache); the data paths side by side
 (``loader_ips``, ``dicom_ips``); the training paths of ``--protocol`` side by side
 (``compute_ips``, ``pipeline_ips``, ``dicom_step_ips``); the reuse limit of each frozen
 protocol; evaluation; pretraining per method. Progress goes to stderr.
@@ -77,12 +78,13 @@ def _measure(s: PerfSettings) -> dict:
         tmp = Path(tmp)
         _log(
             s,
-            f"{s.dicoms} synthetic {dicom.SOURCE_SIZE}x{dicom.SOURCE_SIZE} DICOMs; timed cache build",
+            f"{s.dicoms} synthetic {dicom.SOURCE_SIZE}x{dicom.SOURCE_SIZE} DICOMs; timed cache builds (1 and 2 workers)",
         )
         droot = dicom.dicom_root(s.task, s.dicoms, progress=s.progress)
-        build = dicom.timed_cache_build(s.task, droot, s.image_size, tmp / "cache",
-                                        setup.cfg.spec.option_values(setup.cfg))  # fmt: skip
-        cache_build = build.summary(s.image_size)
+        options = setup.cfg.spec.option_values(setup.cfg)
+        build, build2 = (dicom.timed_cache_build(s.task, droot, s.image_size, tmp / f"cache-{w}w", options, workers=w)
+                         for w in dicom.CACHE_BUILD_WORKERS)  # fmt: skip
+        cache_build = dicom.cache_build_summary(build, build2, s.image_size)
         dprep = dicom.dicom_prepared(build.prepared)
         didx = dicom.cycled_indices(len(build.prepared), s.batch_size)
 

@@ -6,10 +6,19 @@ their count and first paths) and :func:`build_cache` (decode every item once,
 resize, store ``images.npy``, ``masks.npy``, ``boxes.npz`` and ``manifest.json``; built
 in a temporary folder and renamed into place, so an interrupted build never leaves a
 partial cache).
+
+The decoding runs in worker processes (:mod:`tasks.cache.workers`): one per usable core
+by default, ``$CXRBENCH_CACHE_WORKERS`` or the ``workers`` keyword to choose, ``1`` for
+none (in-process). Each worker decodes and resizes a chunk of consecutive items and
+returns the uint8 arrays; the parent alone writes them, in item order, so the arrays and
+the manifest are the same whatever the worker count (the manifest's ``build`` records
+the workers, seconds and images/s).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import shutil
@@ -25,6 +34,7 @@ from tqdm import tqdm
 
 from bench.util import writable_dir_problem
 from tasks import imageio
+from tasks.cache import workers as pool
 from tasks.cache.store import (
     BOXES_FILE,
     CACHE_FORMAT_VERSION,
@@ -99,6 +109,7 @@ def build_cache(
     finalize: Callable[[dict], None] | None = None,
     strict: bool = False,
     progress: bool = True,
+    workers: int | None = None,
 ) -> Prepared:
     """Decode every item once, resize to image_size, store arrays + manifest.json.
 
@@ -114,6 +125,10 @@ def build_cache(
     with a warning) or, with strict=True, is raised; any other error aborts the build.
     The build happens in a temporary sibling directory that is renamed into place only
     when complete, so an interrupted build never leaves a partial cache behind.
+    workers: decoding processes (None: ``$CXRBENCH_CACHE_WORKERS``, else one per usable
+    core, see `tasks.cache.workers.plan`; 1: in-process). With more than one, load_item
+    runs in the workers (forked on Linux; elsewhere it and the items must pickle), its
+    warnings are re-issued here in item order, and the result is the same as with 1.
     """
     if int(image_size) < 1:
         raise ValueError(f"image_size must be a positive integer, got {image_size}")
@@ -121,6 +136,7 @@ def build_cache(
     root = Path(root).resolve()
     if not items:
         raise DataError(f"{root}: no {task} images to prepare")
+    n_workers, chunk = pool.plan(workers, len(items))
     problem = writable_dir_problem(cache_dir.parent)
     if problem:
         raise DataError(f"cannot write the preprocessing cache of {root}: {problem}; "
@@ -129,13 +145,18 @@ def build_cache(
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{cache_dir.name}-", dir=cache_dir.parent))
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the cache follows the umask
+        t0 = time.perf_counter()
         records, skipped = _decode_into(
             tmp, task=task, root=root, items=items, size=s, load_item=load_item,
             has_masks=has_masks, has_boxes=has_boxes, strict=strict, progress=progress,
+            workers=n_workers, chunk=chunk,
         )  # fmt: skip
+        seconds = time.perf_counter() - t0
+        build = {"workers": n_workers, "chunk_size": chunk, "seconds": round(seconds, 3),
+                 "images_per_s": round(len(records) / seconds, 2) if seconds > 0 else None}  # fmt: skip
         manifest = _manifest(
             cache_dir, task=task, root=root, size=s, has_masks=has_masks, has_boxes=has_boxes,
-            extra=manifest_extra, records=records, skipped=skipped,
+            extra=manifest_extra, records=records, skipped=skipped, build=build,
         )  # fmt: skip
         if finalize is not None:
             finalize(manifest)
@@ -167,11 +188,14 @@ def _decode_into(
     has_boxes: bool,
     strict: bool,
     progress: bool,
+    workers: int = 1,
+    chunk: int = 1,
 ) -> tuple[list[dict], list[dict]]:
     """Decode every item into tmp/images.npy (+ masks.npy, boxes.npz): (records, skipped).
 
-    Arrays are written in item order and cut to the readable items at the end; the
-    skip warning points at the caller of `build_cache`.
+    Arrays are written in item order (by this process alone, whatever the worker count)
+    and cut to the readable items at the end; the skip warning points at the caller of
+    `build_cache`.
     """
     n = len(items)
     images = np.lib.format.open_memmap(tmp / "images.npy", "w+", np.uint8, (n, size, size))
@@ -181,25 +205,32 @@ def _decode_into(
         else None
     )
     records, skipped, all_boxes = [], [], []
-    bar = tqdm(items, desc=f"prepare {task} @{size}px", unit="img", disable=not progress)
-    for item in bar:
-        try:
-            out = load_item(item)
-        except DicomReadError as e:
-            if strict:
-                raise
-            warnings.warn(f"skipping corrupt DICOM: {e}", stacklevel=3)
-            skipped.append(
-                {"id": item["id"], "path": relative_path(item["path"], root), "error": str(e)}
-            )
-            continue
-        k = len(records)
-        images[k] = imageio.resize_image(out["image"], size)
-        if masks is not None:
-            masks[k] = imageio.resize_mask(out["mask"], size)
-        if has_boxes:
-            all_boxes.append(_box_array(out.get("boxes"), item))
-        records.append(_item_record(item, out, root))
+    decode = functools.partial(_decode_item, load_item=load_item, root=root, size=size,
+                               has_masks=has_masks, has_boxes=has_boxes)  # fmt: skip
+    outcomes = pool.map_items(
+        decode, items, workers=workers, chunk=chunk, expected=(DicomReadError,)
+    )
+    desc = f"prepare {task} @{size}px" + (f" ({workers} workers)" if workers > 1 else "")
+    bar = tqdm(total=n, desc=desc, unit="img", disable=not progress)
+    # closing: an error here (strict, Ctrl-C) stops the workers at once
+    with contextlib.closing(outcomes), bar:
+        for (out, error), item in zip(outcomes, items):  # outcomes first: run to its end
+            bar.update(1)
+            if error is not None:
+                if strict:
+                    raise error
+                warnings.warn(f"skipping corrupt DICOM: {error}", stacklevel=3)
+                path = relative_path(item["path"], root)
+                skipped.append({"id": item["id"], "path": path, "error": str(error)})
+                continue
+            image, mask, boxes, record = out
+            k = len(records)
+            images[k] = image
+            if masks is not None:
+                masks[k] = mask
+            if has_boxes:
+                all_boxes.append(boxes)
+            records.append(record)
     del images, masks  # flush and close the memmaps
     if not records:
         raise DataError(
@@ -213,6 +244,23 @@ def _decode_into(
     if has_boxes:
         save_boxes(tmp / BOXES_FILE, all_boxes)
     return records, skipped
+
+
+def _decode_item(
+    item: dict,
+    *,
+    load_item: Callable[[dict], dict],
+    root: Path,
+    size: int,
+    has_masks: bool,
+    has_boxes: bool,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, dict]:
+    """(image, mask, boxes, manifest record) of one item at size: what a worker returns."""
+    out = load_item(item)
+    image = imageio.resize_image(out["image"], size)
+    mask = imageio.resize_mask(out["mask"], size) if has_masks else None
+    boxes = _box_array(out.get("boxes"), item) if has_boxes else None
+    return image, mask, boxes, _item_record(item, out, root)
 
 
 def _item_record(item: dict, out: dict, root: Path) -> dict:
@@ -239,8 +287,12 @@ def _manifest(
     extra: dict | None,
     records: list[dict],
     skipped: list[dict],
+    build: dict | None = None,
 ) -> dict:
-    """manifest.json of a finished build (before the task's `finalize`)."""
+    """manifest.json of a finished build (before the task's `finalize`).
+
+    ``created`` and ``build`` (workers, chunk size, decode seconds, images/s) are the
+    only fields that differ between two builds of the same inputs."""
     manifest = {
         "format_version": CACHE_FORMAT_VERSION,
         "task": task,
@@ -251,6 +303,7 @@ def _manifest(
         "has_masks": has_masks,
         **({"has_boxes": True, "boxes_file": BOXES_FILE} if has_boxes else {}),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **({"build": build} if build is not None else {}),
         **(extra or {}),
         "items": records,
         "skipped_corrupt": skipped,

@@ -29,7 +29,9 @@ BOXES_FILE = "boxes.npz"  # per-image boxes of detection tasks, inside a cache d
 
 
 def cache_root() -> Path:
-    """`$CXRBENCH_CACHE` if set, else the per-user cache dir for cxrbench."""
+    """`$CXRBENCH_CACHE` if set, else the per-user cache dir for cxrbench.
+
+    (How many processes build a cache: `$CXRBENCH_CACHE_WORKERS`, see `tasks.cache.workers`.)"""
     env = os.environ.get("CXRBENCH_CACHE")
     return Path(env) if env else Path(platformdirs.user_cache_dir("cxrbench"))
 

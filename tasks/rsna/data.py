@@ -29,6 +29,7 @@ def prepare(
     *,
     strict: bool = False,
     progress: bool = True,
+    workers: int | None = None,
 ) -> Prepared:
     """Dataset at root -> cached uint8 images, xyxy boxes and box masks at image_size.
 
@@ -38,8 +39,11 @@ def prepare(
     negatives); `Prepared.masks` are those boxes filled (`boxes_to_mask`). The cache is
     reused when nothing it depends on changed (label and class-info CSV contents, the
     DICOM files, image_size). strict=True turns skipped corrupt DICOMs and label ids
-    without DICOM into errors; label errors are errors in any mode.
+    without DICOM into errors; label errors are errors in any mode. workers: processes
+    that decode a build (None: ``$CXRBENCH_CACHE_WORKERS``, else one per usable core; 1:
+    in-process); checked even when the cache is reused, never part of the cache key.
     """
+    workers = cache.requested_workers(workers)
     found = scan(root, strict)
     root = found["root"].resolve()
     label_csv = found["label_csv"].resolve()
@@ -68,6 +72,7 @@ def prepare(
             finalize=functools.partial(_finalize, has_classes=found["classes"] is not None),
             strict=strict,
             progress=progress,
+            workers=workers,
         )
     m = prepared.manifest
     warn_boxes(

@@ -31,13 +31,18 @@ def prepare(
     rle_format: str | None = None,
     strict: bool = False,
     progress: bool = True,
+    workers: int | None = None,
 ) -> Prepared:
     """Dataset at root -> cached uint8 images and {0,1} masks at image_size x image_size.
 
     Masks are decoded at each DICOM's own Rows x Columns, then resized (area >= 0.5).
     The cache is reused when nothing it depends on changed (see `cache.cache_key`).
     strict=True turns skipped corrupt DICOMs and label ids without DICOM into errors.
+    workers: processes that decode a build (None: ``$CXRBENCH_CACHE_WORKERS``, else one
+    per usable core; 1: in-process); checked even when the cache is reused, and never
+    part of the cache key (the content does not depend on it).
     """
+    workers = cache.requested_workers(workers)
     found = scan(root, rle_format, strict)
     root = found["root"].resolve()
     label_csv = found["label_csv"].resolve()
@@ -67,6 +72,7 @@ def prepare(
             has_masks=True,
             strict=strict,
             progress=progress,
+            workers=workers,
         )
     cache.check_strict(prepared, strict)
     return prepared
