@@ -125,7 +125,6 @@ def _probe_all(probe_root: Path, inits: list[tuple[str, str | None]], s: dict, p
 
 def run_demo(out: Path, report: Path, quick: bool = False, progress: bool = True) -> Path:
     import weights_registry as wr
-    from bench.engine.runner import RunFailed, execute
     from bench.reporting import write_report
     from bench.reporting.pretraining import pretraining_section
     from bench.util import write_json_atomic
@@ -146,18 +145,24 @@ def run_demo(out: Path, report: Path, quick: bool = False, progress: bool = True
     probe = _probe_all(probe_root, inits, s, progress)
     write_json_atomic(out / "probe.json", probe)
     configs = demo_configs(out, data_root, inits, s)
-    failed = 0
-    bar = tqdm(configs, desc="demo runs", disable=not progress, unit="run")
-    for cfg in bar:
-        bar.set_postfix_str(f"{cfg.init_label} {cfg.protocol} {cfg.fraction:g} s{cfg.seed}")
+    todo = []
+    for cfg in configs:
         path = record_path(cfg.out, cfg.run_id)
-        if path.exists() and read_record(path).get("status") == "complete":
-            continue
-        try:
-            execute(cfg)
-        except RunFailed as e:
+        if not (path.exists() and read_record(path).get("status") == "complete"):
+            todo.append((cfg, None))
+    # the runs in parallel worker processes (the sweep's local executor), one torch thread
+    # each: small models at 64 px use two cores better as two runs than as one
+    from bench.experiments.executors import run_local
+
+    workers = max(1, min(int(s.get("workers") or 1), len(todo) or 1))
+    failed = 0
+    bar = tqdm(total=len(todo), desc=f"demo runs ({workers} worker(s))", disable=not progress, unit="run")
+    for outcome in run_local(todo, workers=workers, threads=1 if workers > 1 else None):
+        bar.update(1)
+        if outcome.status != "complete":
             failed += 1
-            print(f"demo: {e}", file=sys.stderr)
+            print(f"demo: run {outcome.run_id} {outcome.status}: {outcome.error or ''}", file=sys.stderr)
+    bar.close()
     pre_records = [json.loads((p.parent / "pretrain.json").read_text()) for p in encoders.values()]
     section = pretraining_section(pre_records, probe, report)
     written = write_report(out / "records", report, extra_sections=[section])
