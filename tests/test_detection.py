@@ -168,14 +168,43 @@ def test_transform_keeps_image_size_and_normalization():
     assert images.tensors.shape[-2:] == (SIZE, SIZE)
 
 
-def test_anchors_scale_with_image_size():
-    full = anchor_generator("retinanet", 1024).sizes
-    assert full[0] == pytest.approx((32.0, 32 * 2 ** (1 / 3), 32 * 2 ** (2 / 3)))
-    assert anchor_generator("retinanet", 256).sizes[-1][0] == pytest.approx(128.0)
-    assert anchor_generator("fasterrcnn", 512).sizes == (
-        (16.0,),
-        (32.0,),
-        (64.0,),
-        (128.0,),
-        (256.0,),
-    )
+def test_anchors_are_torchvisions_defaults_at_every_image_size():
+    for size in (64, 256, 1024):
+        assert anchor_generator("retinanet", size).sizes[0] == pytest.approx(
+            (32.0, 32 * 2 ** (1 / 3), 32 * 2 ** (2 / 3))
+        )
+        assert anchor_generator("fasterrcnn", size).sizes == ((32,), (64,), (128,), (256,), (512,))
+
+
+def _anchor_coverage(anchors, image_size: int, boxes: torch.Tensor) -> float:
+    """Share of ``boxes`` with some anchor at IoU >= 0.5 (RetinaNet's positive threshold),
+    the anchors placed by torchvision on RetinaNet's P3-P7 maps (strides 8..128)."""
+    from torchvision.models.detection.image_list import ImageList
+    from torchvision.ops import box_iou
+
+    images = ImageList(torch.zeros(1, 3, image_size, image_size), [(image_size, image_size)])
+    maps = [torch.zeros(1, 1, -(-image_size // s), -(-image_size // s)) for s in (8, 16, 32, 64, 128)]
+    (placed,) = anchors(images, maps)
+    return (box_iou(boxes, placed).max(dim=1).values >= 0.5).float().mean().item()
+
+
+def test_anchors_cover_the_synthetic_boxes_better_than_image_scaled_ones():
+    """Why the anchors are not scaled with the image (module docstring): on the synthetic
+    RSNA boxes, anchors scaled by image_size / 1024 leave most boxes at 128 px without a
+    positive anchor; torchvision's stride-tied defaults cover them."""
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    from tasks.rsna.generator import synth_records
+
+    rel = torch.tensor([b for r in synth_records(200, 0, 256) for b in r["boxes"]]) / 256.0
+    for size in (128, 256):
+        boxes = rel * size
+        boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
+        scale = size / 1024
+        scaled = AnchorGenerator(
+            tuple(tuple(x * scale * 2 ** (k / 3) for k in range(3)) for x in (32, 64, 128, 256, 512)),
+            ((0.5, 1.0, 2.0),) * 5,
+        )
+        ours = _anchor_coverage(anchor_generator("retinanet", size), size, boxes)
+        theirs = _anchor_coverage(scaled, size, boxes)
+        assert ours >= (0.7 if size == 128 else 0.99) and ours > theirs

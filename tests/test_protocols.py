@@ -57,7 +57,14 @@ def test_frozen_protocols_keep_encoder_and_bn_stats(protocol):
     assert changed, "the head/decoder must train"
     assert all(not k.startswith("model.encoder.") for k in changed)
     if protocol == "linear":
-        assert set(k.split(".")[1] for k in changed) == {"head"}
+        # the 1x1 conv trains; the probe's parameter-free BatchNorm only tracks C5's statistics
+        assert set(k.split(".")[1] for k in changed) == {"head", "norm"}
+        assert {k for k in changed if k.startswith("model.norm.")} <= {
+            "model.norm.running_mean", "model.norm.running_var", "model.norm.num_batches_tracked"
+        }
+        assert list(model.model.norm.parameters()) == []
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        assert trainable == {"model.head.weight", "model.head.bias"}
 
 
 def test_finetune_trains_encoder_and_bn_stats():

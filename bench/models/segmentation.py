@@ -24,18 +24,32 @@ from bench.models.protocols import ProtocolModel, load_into
 
 
 class LinearSegmenter(nn.Module):
-    """Linear probe for segmentation: 1x1 conv on C5, bilinear upsampling to the input size."""
+    """Linear probe for segmentation: 1x1 conv on C5, bilinear upsampling to the input size.
+
+    C5 first goes through a BatchNorm without affine parameters (``self.norm``), as in
+    MAE's linear probe (He et al. 2022, appendix A.3): at test time it is a fixed
+    per-channel shift and scale, so the probe stays linear in the features, and it
+    makes one learning rate fit every init. Without it the probe's step size depends on
+    the init's feature scale (a random ResNet's C5 has a per-channel mean of ~2, and a
+    logit sums 512-2048 channels): on the synthetic SIIM set at 256 px with resnet50,
+    the first epoch's mean train loss was 31 at lr 1e-2 and 92 at lr 3e-2 (from 2.4 at
+    the first step), against 2.0 and below with the norm; the resnet18 probe of the CI
+    sweep predicted empty masks for every seed without it.
+    """
 
     encoder_outputs_used = (-1,)  # C5 only (what feature reuse keeps, bench.models.reuse)
 
     def __init__(self, encoder: nn.Module, classes: int = 1):
         super().__init__()
         self.encoder = encoder
-        self.head = nn.Conv2d(encoder.out_channels[-1], classes, kernel_size=1)
+        channels = encoder.out_channels[-1]
+        self.norm = nn.BatchNorm2d(channels, affine=False)
+        self.head = nn.Conv2d(channels, classes, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c5 = self.encoder(x)[-1]
-        return F.interpolate(self.head(c5), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        logits = self.head(self.norm(c5))
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def build_segmenter(encoder: nn.Module, arch: str, protocol: str, in_channels: int) -> ProtocolModel:
