@@ -86,6 +86,44 @@ def test_per_task_overrides_and_init_labels():
     assert all(c.checkpoint is None for c in s.runs if c.init_label == "random")
 
 
+def test_per_protocol_settings_and_lr_candidates():
+    d = BASE | {
+        "per_protocol": {"linear": {"image_size": 256, "epochs": [5, 9]}},
+        "lr_search": {"candidates": {"linear": [1e-2, 1e-3], "frozen": ["1e-3", 1e-4]}},
+    }
+    s = parse_sweep(d)
+    linear = [c for c in s.runs if c.protocol == "linear"]
+    frozen = [c for c in s.runs if c.protocol == "frozen"]
+    # the list replaces the axis for linear runs: 2 tasks x 2 epochs x 3 seeds
+    assert len(linear) == 2 * 2 * 3 and len(frozen) == 2 * 3
+    assert {c.image_size for c in linear} == {256} and {c.epochs for c in linear} == {5, 9}
+    assert {c.image_size for c in frozen} == {64} and {c.epochs for c in frozen} == {1}
+    cells = s.cells()
+    assert len(cells) == 2 * 2 + 2  # linear cells per task and epochs, frozen per task
+    for cell in cells:
+        want = [1e-2, 1e-3] if cell.runs[0].protocol == "linear" else [1e-3, 1e-4]
+        assert [c.lr for c in cell.candidates] == want
+        assert all(c.epochs == cell.runs[0].epochs for c in cell.candidates)
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        ({"per_protocol": {"lineer": {}}}, "'lineer'"),
+        ({"per_protocol": {"linear": {"protocol": "frozen"}}}, "may not set protocol"),
+        ({"per_protocol": {"linear": {"lr": 0.1}}, "lr_search": {"candidates": [0.1]}},
+         "per_protocol.linear sets lr"),
+        ({"lr_search": {"candidates": {"linear": [0.1]}}}, "no list for protocol frozen"),
+        ({"lr_search": {"candidates": {"linear": [0.1], "frozen": []}}}, "candidates.frozen"),
+        ({"lr_search": {"candidates": {"linear": [0.1], "frozn": [1]}}}, "'frozn'"),
+    ],
+)
+def test_bad_per_protocol_entries_name_the_key(change, needle):
+    with pytest.raises(SweepError) as e:
+        parse_sweep(json.loads(json.dumps(BASE)) | change, source="x.yaml")
+    assert needle in str(e.value) and str(e.value).startswith("x.yaml")
+
+
 @pytest.mark.parametrize(
     "change, needle",
     [

@@ -24,10 +24,12 @@ A benchmark is hundreds of runs (task x init x protocol x fraction x seed). YAML
       data_root: null          # omitted/null: $CXRBENCH_DATA/<task>, else built-in synthetic
     per_task:                  # optional, per task: fields (scalars) or grid axes (lists)
       task_b: {batch_size: 8, data_root: /data/task_b}
+    per_protocol:              # optional, per protocol, the same way (e.g. a cheap linear
+      linear: {epochs: 50}     # probe trains longer; with feature reuse its epochs are cheap)
     inits:                     # optional: grid init labels that stand for a checkpoint
       mymoco: {init: moco, checkpoint: ckpt/moco.pth, prefix: "module.encoder_q."}
     lr_search:                 # optional, LoVT: pick the lr on validation, then run the seeds
-      candidates: [1.0e-3, 1.0e-4]
+      candidates: [1.0e-3, 1.0e-4]   # or per protocol: {linear: [1.0e-2, 1.0e-3], frozen: [...], ...}
       seed: 0                  # selection seed (default 0)
       out: runs/mybench-lr-search   # default: <out>-lr-search
     executor:                  # optional parameters of each executor (bench sweep --executor)
@@ -37,7 +39,8 @@ A benchmark is hundreds of runs (task x init x protocol x fraction x seed). YAML
               mem_gb: 32, folder: null, cluster: null, threads: null}
 
 Precedence for one run: RunConfig defaults < ``settings`` < ``per_task`` < grid values <
-the ``inits`` entry of its init label. A key may not be both a grid axis and a setting.
+``per_protocol`` of its protocol < the ``inits`` entry of its init label (a
+``per_protocol`` list replaces that grid axis for the protocol's runs). A key may not be both a grid axis and a setting.
 Unknown keys anywhere are errors naming the key, and every run is validated by
 ``RunConfig`` before anything runs. Numbers such as ``1e-3`` (a string to YAML) are read
 as numbers. Relative paths are relative to the directory ``bench sweep`` runs in, as for
@@ -59,11 +62,13 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.engine.config import RunConfig
+from bench.engine.config import PROTOCOLS, RunConfig
 from bench.experiments.executors import EXECUTOR_KEYS
 from tasks import task_names
 
-TOP_KEYS = ("name", "out", "grid", "settings", "per_task", "inits", "lr_search", "executor")
+TOP_KEYS = (
+    "name", "out", "grid", "settings", "per_task", "per_protocol", "inits", "lr_search", "executor",
+)  # fmt: skip
 INIT_KEYS = tuple(
     "init checkpoint prefix init_name allow_partial allow_leakage trust_checkpoint mean std".split()
 )
@@ -79,9 +84,15 @@ class SweepError(ValueError):
 
 @dataclass
 class LrSearch:
-    candidates: list[float]
+    candidates: list[float] | dict[str, list[float]]  # one list, or one per protocol
     seed: int
     out: str
+
+    def candidates_for(self, protocol: str) -> list[float]:
+        """The candidate learning rates of a run of ``protocol``."""
+        if isinstance(self.candidates, dict):
+            return self.candidates[protocol]
+        return self.candidates
 
 
 @dataclass
@@ -118,7 +129,8 @@ class Sweep:
             if key not in cells:
                 s = self.lr_search
                 cands = [
-                    dataclasses.replace(cfg, seed=s.seed, lr=lr, out=s.out) for lr in s.candidates
+                    dataclasses.replace(cfg, seed=s.seed, lr=lr, out=s.out)
+                    for lr in s.candidates_for(cfg.protocol)
                 ]
                 cells[key] = Cell(runs=[], candidates=cands)
             cells[key].runs.append(cfg)
@@ -214,17 +226,27 @@ def parse_sweep(data: dict, source: str = "<sweep>") -> Sweep:
     if both := sorted(set(grid) & set(settings)):
         raise SweepError(f"{source}: {', '.join(both)} is both a grid axis and a setting; keep one")
     per_task = _parse_per_task(data.get("per_task"), source)
+    per_protocol = _parse_per_protocol(data.get("per_protocol"), source)
     init_entries = _parse_inits(data.get("inits"), source)
     lr_search = None
     if data.get("lr_search") is not None:
         lr_search = _parse_lr_search(data["lr_search"], out, source)
-        for w, d in [("grid", grid), ("settings", settings)] + [
-            (f"per_task.{t}", v) for t, v in per_task.items()
-        ]:
+        for w, d in (
+            [("grid", grid), ("settings", settings)]
+            + [(f"per_task.{t}", v) for t, v in per_task.items()]
+            + [(f"per_protocol.{p}", v) for p, v in per_protocol.items()]
+        ):
             if "lr" in d:
                 raise SweepError(f"{source}: {w} sets lr, but lr_search chooses it; drop one")
     executor = _parse_executor(data.get("executor"), source)
-    runs = _expand(grid, settings, per_task, init_entries, out, source)
+    runs = _expand(grid, settings, per_task, per_protocol, init_entries, out, source)
+    if lr_search is not None and isinstance(lr_search.candidates, dict):
+        missing = sorted({c.protocol for c in runs} - set(lr_search.candidates))
+        if missing:
+            raise SweepError(
+                f"{source}: lr_search.candidates has no list for protocol {', '.join(missing)} "
+                f"(it has {', '.join(lr_search.candidates)}); give one per protocol the sweep runs"
+            )
     return Sweep(
         name=name, out=out, runs=runs, lr_search=lr_search, executor=executor, source=source
     )
@@ -237,6 +259,17 @@ def _parse_per_task(obj, source: str) -> dict[str, dict]:
         if "task" in over:
             raise SweepError(f"{source}: per_task.{t} may not set task")
     return per_task
+
+
+def _parse_per_protocol(obj, source: str) -> dict[str, dict]:
+    per_protocol = _check_keys(obj, PROTOCOLS, f"{source}: per_protocol")
+    per_protocol = {
+        p: _fields(v, f"{source}: per_protocol.{p}", True) for p, v in per_protocol.items()
+    }
+    for p, over in per_protocol.items():
+        if bad := sorted({"task", "protocol"} & set(over)):
+            raise SweepError(f"{source}: per_protocol.{p} may not set {', '.join(bad)}")
+    return per_protocol
 
 
 def _parse_inits(obj, source: str) -> dict[str, dict]:
@@ -257,15 +290,29 @@ def _parse_lr_search(obj, out: str, source: str) -> LrSearch:
     where = f"{source}: lr_search"
     s = _check_keys(obj, LR_SEARCH_KEYS, where)
     cands = s.get("candidates")
-    if not isinstance(cands, list) or not cands:
-        raise SweepError(f"{where}: candidates must be a non-empty list of learning rates")
-    cands = [_coerce("lr", c, where) for c in cands]
-    if any(c is None or c <= 0 for c in cands) or len(set(cands)) != len(cands):
-        raise SweepError(f"{where}: candidates must be distinct positive numbers, got {cands}")
+    if isinstance(cands, dict):
+        _check_keys(cands, PROTOCOLS, f"{where}.candidates")
+        if not cands:
+            raise SweepError(f"{where}: candidates is an empty mapping")
+        cands = {str(p): _lr_list(v, f"{where}.candidates.{p}") for p, v in cands.items()}
+    else:
+        cands = _lr_list(cands, f"{where}.candidates")
     seed = s.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise SweepError(f"{where}: seed must be an integer, got {seed!r}")
     return LrSearch(cands, seed, str(s.get("out") or f"{out.rstrip('/')}-lr-search"))
+
+
+def _lr_list(cands, where: str) -> list[float]:
+    if not isinstance(cands, list) or not cands:
+        raise SweepError(
+            f"{where}: must be a non-empty list of learning rates "
+            "(or, for candidates, a mapping protocol -> list)"
+        )
+    cands = [_coerce("lr", c, where) for c in cands]
+    if any(c is None or c <= 0 for c in cands) or len(set(cands)) != len(cands):
+        raise SweepError(f"{where}: must be distinct positive numbers, got {cands}")
+    return cands
 
 
 def _parse_executor(obj, source: str) -> dict[str, dict]:
@@ -292,7 +339,17 @@ def _task_axes(grid: dict, settings: dict, over: dict, task: str) -> tuple[dict,
     return axes, fixed
 
 
-def _expand(grid, settings, per_task, inits, out, source) -> list[RunConfig]:
+def _protocol_combos(kw: dict, per_protocol: dict):
+    """``kw`` with its protocol's ``per_protocol`` fields: one dict, or one per value of
+    each list it gives (that list replaces the grid axis for this protocol)."""
+    over = per_protocol.get(kw.get("protocol", RunConfig.protocol), {})
+    scalars = {k: v for k, v in over.items() if not isinstance(v, list)}
+    lists = {k: v for k, v in over.items() if isinstance(v, list)}
+    for combo in itertools.product(*lists.values()):
+        yield kw | scalars | dict(zip(lists, combo))
+
+
+def _expand(grid, settings, per_task, per_protocol, inits, out, source) -> list[RunConfig]:
     tasks = grid.get("task") or ([settings["task"]] if "task" in settings else [])
     if not tasks:
         from tasks import task_names
@@ -307,14 +364,15 @@ def _expand(grid, settings, per_task, inits, out, source) -> list[RunConfig]:
         axes, fixed = _task_axes(grid, settings, per_task.get(task, {}), task)
         keys = list(axes)
         for combo in itertools.product(*(axes[k] for k in keys)):
-            kw = fixed | dict(zip(keys, combo)) | {"out": out}
-            label = kw.get("init")
-            if isinstance(label, str) and label in inits:
-                kw |= inits[label]
-            try:
-                cfg = RunConfig(**kw)
-            except (TypeError, ValueError) as e:
-                shown = {k: v for k, v in kw.items() if k in ("task", *keys)}
-                raise SweepError(f"{source}: run {shown}: {e}") from None
-            runs.setdefault(cfg.run_id, cfg)
+            base = fixed | dict(zip(keys, combo)) | {"out": out}
+            for kw in _protocol_combos(base, per_protocol):
+                label = kw.get("init")
+                if isinstance(label, str) and label in inits:
+                    kw |= inits[label]
+                try:
+                    cfg = RunConfig(**kw)
+                except (TypeError, ValueError) as e:
+                    shown = {k: v for k, v in kw.items() if k in ("task", *keys)}
+                    raise SweepError(f"{source}: run {shown}: {e}") from None
+                runs.setdefault(cfg.run_id, cfg)
     return list(runs.values())
