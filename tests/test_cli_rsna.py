@@ -87,6 +87,11 @@ def test_runs_record_the_right_metrics(runs):
         for key in ("map", "map50", "map75", "rsna_score"):
             assert 0.0 <= test[key] <= 1.0, key
     assert recs["frozen"]["hparams"]["detector"] == "fasterrcnn"
+    # at 64 px the boxes are under the smallest anchor: recorded (and warned about)
+    for protocol in ("frozen", "finetune"):
+        cov = recs[protocol]["anchor_coverage"]
+        assert cov["share"] == 0.0 and cov["boxes"] > 0
+    assert "anchor_coverage" not in recs["linear"]
     assert recs["finetune"]["hparams"]["detector"] == "retinanet"
     counts = recs["frozen"]["split"]["counts"]
     assert counts["train"] + counts["val"] + counts["test"] == 48

@@ -1,5 +1,8 @@
 """Detectors on a registry ResNet: frozen means frozen (BN stats included), finetune trains all."""
 
+import warnings
+
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -9,6 +12,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from bench.models.detection import (
     DETECTORS,
+    anchor_coverage,
     anchor_generator,
     build_detector,
     detection_collate,
@@ -208,3 +212,38 @@ def test_anchors_cover_the_synthetic_boxes_better_than_image_scaled_ones():
         ours = _anchor_coverage(anchor_generator("retinanet", size), size, boxes)
         theirs = _anchor_coverage(scaled, size, boxes)
         assert ours >= (0.7 if size == 128 else 0.99) and ours > theirs
+        assert anchor_coverage("retinanet", size, boxes) == pytest.approx(ours)
+
+
+def test_runs_record_anchor_coverage_and_warn_when_boxes_are_below_the_anchors():
+    """At 64 px the synthetic boxes (~12 px) are under the smallest anchor (32 px): the run
+    records a coverage of 0 and warns; at 256 px every box has an anchor."""
+    from types import SimpleNamespace
+
+    from bench.engine.config import RunConfig
+    from bench.models.detection import DetectionHead
+    from tasks.rsna.generator import synth_records
+
+    recs = list(synth_records(40, 0, 256))
+    rel = [np.asarray(r["boxes"], dtype=np.float32).reshape(-1, 4) / 256.0 for r in recs]
+    winfo = {"in_channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3}
+    for size, detector in ((64, "retinanet"), (64, "fasterrcnn"), (256, "retinanet")):
+        boxes = [b * size for b in rel]
+        for b in boxes:
+            b[:, 2:] += b[:, :2]
+        cfg = RunConfig(task="rsna", protocol="finetune", image_size=size, detector=detector, out="x")
+        head = DetectionHead(cfg, winfo, torch.device("cpu"))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            info = head.diagnostics(SimpleNamespace(boxes=boxes), list(range(len(boxes))))
+        cov = info["anchor_coverage"]
+        assert cov["boxes"] == sum(len(b) for b in boxes) > 0 and cov["iou"] == 0.5
+        if size == 64:
+            assert cov["share"] == 0.0
+            assert len(caught) == 1 and "raise --image-size" in str(caught[0].message)
+        else:
+            assert cov["share"] == 1.0 and not caught
+    # no box at all: no share, no warning
+    head = DetectionHead(RunConfig(task="rsna", protocol="frozen", image_size=64, out="x"), winfo,
+                         torch.device("cpu"))  # fmt: skip
+    assert head.diagnostics(SimpleNamespace(boxes=[np.zeros((0, 4))]), [0])["anchor_coverage"]["share"] is None

@@ -294,6 +294,7 @@ def _train_and_test(cfg, prepared, encoder, winfo, splits, train_idx, device) ->
     evaluate = head.evaluator(prepared.ids)
     train_loader, val_loader, test_loader = (loader(train_idx, True), loader(splits["val"], False),
                                              loader(splits["test"], False))  # fmt: skip
+    diagnostics = head.diagnostics(prepared, train_idx)
     reuse, why = reuse_decision(cfg.protocol, cfg.feature_reuse)
     reuse_info: dict = {"used": reuse, "reason": why}
     history: list[dict] = []
@@ -348,6 +349,7 @@ def _train_and_test(cfg, prepared, encoder, winfo, splits, train_idx, device) ->
         "data_path": {k: v for k, v in data_path.items() if k != "cache"},
         "compile": compiled,
         "timing_train": {"train_s": round(train_s, 3)},
+        **diagnostics,
     }
     if wants_predictions:
         out["predictions"] = predictions

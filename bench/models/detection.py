@@ -35,7 +35,9 @@ Choices, all documented in code below:
   these anchors vs anchors scaled by ``image_size / 1024``: 0.75 vs 0.17 at 128 px,
   1.00 vs 0.49 at 256 px, 1.00 vs 1.00 at 512 px; at 64 px neither has any (boxes of
   ~12 px under a 32 px smallest anchor).
-  ``tests/test_detection.py`` checks the relation at 128 and 256 px.
+  ``tests/test_detection.py`` checks the relation at 128 and 256 px. Every run records
+  that share for its training boxes (:func:`anchor_coverage`, the record's
+  ``anchor_coverage``) and warns below :data:`COVERAGE_WARN`.
 - Inference keeps every box scoring >= 0.05 and at most 100 per image (COCO's
   ``maxDets``), as mAP needs the low-confidence tail; an IoU-sweep score only counts
   the boxes scoring at least the ``min_score`` its task declares
@@ -69,6 +71,9 @@ DETECTIONS_PER_IMAGE = 100
 FPN_CHANNELS = 256
 ANCHOR_BASE = (32, 64, 128, 256, 512)  # torchvision's defaults, for 1024 px images
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
+LEVEL_STRIDES = {"retinanet": (8, 16, 32, 64, 128), "fasterrcnn": (4, 8, 16, 32, 64)}  # P3-P7 / P2-P6
+POSITIVE_IOU = 0.5  # RetinaNet's foreground threshold (Faster R-CNN's RPN: 0.7)
+COVERAGE_WARN = 0.5  # warn when fewer training boxes than this have an anchor at POSITIVE_IOU
 
 
 class DetectionModel(ProtocolModel):
@@ -107,6 +112,26 @@ def anchor_generator(detector: str, image_size: int) -> AnchorGenerator:
     else:
         sizes = tuple((x,) for x in ANCHOR_BASE)
     return AnchorGenerator(sizes, (ASPECT_RATIOS,) * len(sizes))
+
+
+def anchor_coverage(detector: str, image_size: int, boxes) -> float | None:
+    """Share of ``boxes`` (xyxy at ``image_size``) with some anchor at IoU >= ``POSITIVE_IOU``.
+
+    The anchors are the ones the detector places (torchvision's ``AnchorGenerator`` on
+    feature maps of the FPN levels' sizes). A box without such an anchor is learned only
+    through a low-quality match, so a low share means the detector can hardly learn at
+    this image size. None when there is no box.
+    """
+    from torchvision.models.detection.image_list import ImageList
+    from torchvision.ops import box_iou
+
+    boxes = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4)
+    if not len(boxes):
+        return None
+    images = ImageList(torch.zeros(1, 1, image_size, image_size), [(image_size, image_size)])
+    maps = [torch.zeros(1, 1, -(-image_size // s), -(-image_size // s)) for s in LEVEL_STRIDES[detector]]
+    (anchors,) = anchor_generator(detector, image_size)(images, maps)
+    return float((box_iou(boxes, anchors).max(dim=1).values >= POSITIVE_IOU).float().mean())
 
 
 def fpn_backbone(encoder: ResNet, detector: str) -> BackboneWithFPN:
@@ -307,6 +332,24 @@ class DetectionHead:
         if getattr(prepared, "boxes", None) is None:
             raise ValueError(f"{prepared.task} data has no boxes for detection")
         return DetectionDataset(prepared.images, prepared.boxes, indices)
+
+    def diagnostics(self, prepared, train_idx) -> dict:
+        """``{"anchor_coverage": ...}`` for the record: how many training boxes the anchors
+        can learn from (:func:`anchor_coverage`); a warning when it is low."""
+        import warnings
+
+        c = self.cfg
+        boxes = [np.asarray(prepared.boxes[i], dtype=np.float32).reshape(-1, 4) for i in train_idx]
+        boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32)
+        share = anchor_coverage(c.detector, c.image_size, boxes)
+        if share is not None and share < COVERAGE_WARN:
+            side = np.median(np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]))
+            warnings.warn(
+                f"only {share:.0%} of the {len(boxes)} training boxes have a {c.detector} anchor at "
+                f"IoU >= {POSITIVE_IOU} at --image-size {c.image_size} (median box side {side:.0f} px, "
+                f"smallest anchor {ANCHOR_BASE[0]} px): the detector can hardly learn; raise "
+                "--image-size", stacklevel=2)  # fmt: skip
+        return {"anchor_coverage": {"share": share, "boxes": len(boxes), "iou": POSITIVE_IOU}}
 
     def predict(self, model: nn.Module, loader):
         """Yield (cache indices, [{"boxes", "scores"}] on CPU, targets)."""

@@ -9,6 +9,8 @@ interface (as open_clip's ``task/clip_task.py`` bundles a model with its loss):
 - ``build(encoder) -> ProtocolModel``: the model around the registry encoder, under
   the run's protocol;
 - ``dataset(prepared, indices)`` and ``collate``: what the loaders iterate;
+- ``diagnostics(prepared, train_indices) -> dict``: checks of the data against the
+  model before training, merged into the record (the boxes head: ``anchor_coverage``);
 - ``loss_step(model, batch, device) -> loss``: one training step's loss;
 - ``predict(model, loader)``: yields ``(cache indices, predictions, targets)``;
 - ``evaluator(ids)``: ``evaluate(model, loader) -> metrics`` for ``fit`` and the test;

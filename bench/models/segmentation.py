@@ -124,6 +124,9 @@ class SegmentationHead:
             raise ValueError(f"{prepared.task} data has no masks for segmentation")
         return SegmentationDataset(prepared.images, prepared.masks, indices)
 
+    def diagnostics(self, prepared, train_idx) -> dict:
+        return {}  # nothing to check before training a mask head
+
     def predict(self, model: nn.Module, loader):
         """Yield (cache indices, probabilities (N, H, W) on CPU, target masks)."""
         return predict_probs(model, loader, self.normalize, self.device)
