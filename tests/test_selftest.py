@@ -72,7 +72,15 @@ def test_a_mutation_that_changes_nothing_is_not_caught(clean_runs, monkeypatch):
                              lambda work: contextlib.nullcontext())  # fmt: skip
     monkeypatch.setattr(selftest, "MUTATIONS", (noop,))
     monkeypatch.setattr(selftest, "MUTATION_NAMES", ("noop",))
-    result = selftest.self_test(clean_runs, log=lambda s: None)
+    # the re-runs use the clean runs' thread count (the sweep's executor set 2), whatever
+    # this machine's default: else a different count alone could move the values
+    assert selftest.record_threads(clean_runs) == 2
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = selftest.self_test(clean_runs, log=lambda s: None)
+    finally:
+        torch.set_num_threads(before)
     (m,) = result["mutations"]
     assert m["caught"] is False and not result["ok"]
     assert all(r["verdict"] == "ok" for r in m["rows"])  # identical per-seed values

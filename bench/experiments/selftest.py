@@ -216,6 +216,18 @@ def clean_configs(runs_dir: Path) -> list[RunConfig]:
     return out
 
 
+def record_threads(runs_dir: Path) -> int | None:
+    """The torch thread count the clean runs recorded (``env.threads``, the most common one):
+    the mutated runs use it too, so that nothing but the mutation differs (CPU results
+    change in the last bits with the thread count)."""
+    from collections import Counter
+
+    records, _ = read_runs(runs_dir)
+    counts = Counter((r.get("env") or {}).get("threads") for r in records if r.get("status") == "complete")
+    counts.pop(None, None)
+    return counts.most_common(1)[0][0] if counts else None
+
+
 def _restricted(baseline: dict, configs: list[RunConfig]) -> dict:
     keep = {(c.task, c.init_label, c.protocol, float(c.fraction)) for c in configs}
     cells = {k: v for k, v in baseline["cells"].items()
@@ -225,7 +237,8 @@ def _restricted(baseline: dict, configs: list[RunConfig]) -> dict:
 
 def self_test(runs_dir: str | Path, *, mutations: tuple[str, ...] | None = None, alpha: float = ALPHA,
               threads: int | None = None, log=print) -> dict:  # fmt: skip
-    """Run every mutation (or ``mutations``) against the clean runs of ``runs_dir``."""
+    """Run every mutation (or ``mutations``) against the clean runs of ``runs_dir``, with
+    ``threads`` torch threads (default: the clean runs' own, :func:`record_threads`)."""
     import torch
 
     from bench.engine.runner import RunFailed, execute
@@ -240,6 +253,7 @@ def self_test(runs_dir: str | Path, *, mutations: tuple[str, ...] | None = None,
     root = runs_dir.parent / f"{runs_dir.name}-selftest"
     results = []
     before = torch.get_num_threads()
+    threads = threads or record_threads(runs_dir)
     if threads:
         torch.set_num_threads(threads)
     try:
