@@ -69,7 +69,7 @@ NUM_CLASSES = 2  # background/unused + the one foreground class
 SCORE_THRESH = 0.05
 DETECTIONS_PER_IMAGE = 100
 FPN_CHANNELS = 256
-ANCHOR_BASE = (32, 64, 128, 256, 512)  # torchvision's defaults, for 1024 px images
+ANCHOR_BASE = (32, 64, 128, 256, 512)  # px on P3..P7 (P2..P6): torchvision's defaults, never scaled
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
 LEVEL_STRIDES = {"retinanet": (8, 16, 32, 64, 128), "fasterrcnn": (4, 8, 16, 32, 64)}  # P3-P7 / P2-P6
 POSITIVE_IOU = 0.5  # RetinaNet's foreground threshold (Faster R-CNN's RPN: 0.7)
@@ -114,13 +114,14 @@ def anchor_generator(detector: str, image_size: int) -> AnchorGenerator:
     return AnchorGenerator(sizes, (ASPECT_RATIOS,) * len(sizes))
 
 
-def anchor_coverage(detector: str, image_size: int, boxes) -> float | None:
+def anchor_coverage(detector: str, image_size: int, boxes, generator: AnchorGenerator | None = None) -> float | None:
     """Share of ``boxes`` (xyxy at ``image_size``) with some anchor at IoU >= ``POSITIVE_IOU``.
 
-    The anchors are the ones the detector places (torchvision's ``AnchorGenerator`` on
-    feature maps of the FPN levels' sizes). A box without such an anchor is learned only
-    through a low-quality match, so a low share means the detector can hardly learn at
-    this image size. None when there is no box.
+    The anchors are the ones the detector places (``generator``, default the detector's
+    :func:`anchor_generator`, on feature maps of the FPN levels' sizes). A box without
+    such an anchor is learned only through a low-quality match, so a low share means the
+    detector can hardly learn at this image size. None when there is no box. The IoU
+    matrix is built a chunk of boxes at a time (~200k anchors at 1024 px).
     """
     from torchvision.models.detection.image_list import ImageList
     from torchvision.ops import box_iou
@@ -130,8 +131,9 @@ def anchor_coverage(detector: str, image_size: int, boxes) -> float | None:
         return None
     images = ImageList(torch.zeros(1, 1, image_size, image_size), [(image_size, image_size)])
     maps = [torch.zeros(1, 1, -(-image_size // s), -(-image_size // s)) for s in LEVEL_STRIDES[detector]]
-    (anchors,) = anchor_generator(detector, image_size)(images, maps)
-    return float((box_iou(boxes, anchors).max(dim=1).values >= POSITIVE_IOU).float().mean())
+    (anchors,) = (generator or anchor_generator(detector, image_size))(images, maps)
+    best = torch.cat([box_iou(chunk, anchors).max(dim=1).values for chunk in boxes.split(256)])
+    return float((best >= POSITIVE_IOU).float().mean())
 
 
 def fpn_backbone(encoder: ResNet, detector: str) -> BackboneWithFPN:
