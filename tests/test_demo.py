@@ -41,3 +41,30 @@ def test_quick_demo_pretrains_every_method_evaluates_and_resumes(tmp_path, capsy
     assert main(["demo", "--quick", "--quiet", "--out", str(out), "--report", str(report)]) == 0
     assert {p: p.stat().st_mtime_ns for p in watched} == before
     assert "9/9 runs complete" in capsys.readouterr().err
+
+
+def test_demo_workers_pretrain_beside_the_runs_and_a_failed_pretraining_skips_only_its_runs(
+    tmp_path, monkeypatch, capsys
+):
+    """With workers, the pretrainings and the runs share the local executor's processes; a
+    pretraining that fails (here: batch size 0 for convirt) is reported, its runs are not
+    started, every other pretraining and run completes, the report is written, exit 1."""
+    from bench.experiments import demo
+
+    quick = demo.demo_settings(quick=True)
+    pre = quick["pretrain"]
+    s = {**quick, "workers": 2,
+         "pretrain": {**pre, "method_settings": {**pre["method_settings"], "convirt": {"batch_size": 0}}}}  # fmt: skip
+    monkeypatch.setattr(demo, "demo_settings", lambda quick=False: s)
+    out, report = tmp_path / "demo", tmp_path / "demo.md"
+    assert main(["demo", "--quick", "--quiet", "--out", str(out), "--report", str(report)]) == 1
+    err = capsys.readouterr().err
+    assert "demo: pretraining convirt failed: ValueError: --batch-size must be at least 1" in err
+    assert "demo: 6/9 runs complete" in err and "pretraining failed for convirt" in err
+    records = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
+    assert sorted(r["init"] for r in records) == ["moco"] * 3 + ["random"] * 3
+    assert {r["status"] for r in records} == {"complete"}
+    assert {r["env"]["threads"] for r in records} == {1}  # in the workers, one thread each
+    assert json.loads((out / "pretrained" / "moco" / "pretrain.json").read_text())["status"] == "done"
+    assert not (out / "pretrained" / "convirt" / "encoder.safetensors").exists()
+    assert report.exists() and set(json.loads((out / "probe.json").read_text())["results"]) == {"random", "moco"}

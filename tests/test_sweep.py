@@ -106,6 +106,41 @@ def test_per_protocol_settings_and_lr_candidates():
         assert all(c.epochs == cell.runs[0].epochs for c in cell.candidates)
 
 
+def test_per_task_per_protocol_sets_one_tasks_protocol():
+    """per_task.T.per_protocol.P applies to task T's protocol-P runs only, after per_protocol."""
+    d = BASE | {
+        "per_protocol": {"frozen": {"epochs": 3}},
+        "per_task": {"rsna": {"image_size": 128,
+                              "per_protocol": {"frozen": {"init": ["supervised"], "epochs": 5}}}},
+    }  # fmt: skip
+    s = parse_sweep(d)
+    by = {(t, p): [c for c in s.runs if (c.task, c.protocol) == (t, p)] for t in ("siim", "rsna")
+          for p in ("linear", "frozen")}  # fmt: skip
+    assert len(s.runs) == 12 and all(len(v) == 3 for v in by.values())
+    assert {(c.init, c.epochs, c.image_size) for c in by["rsna", "frozen"]} == {("supervised", 5, 128)}
+    assert {(c.init, c.epochs, c.image_size) for c in by["siim", "frozen"]} == {("random", 3, 64)}
+    assert {(c.init, c.epochs, c.image_size) for c in by["rsna", "linear"]} == {("random", 1, 128)}
+    assert {(c.init, c.epochs, c.image_size) for c in by["siim", "linear"]} == {("random", 1, 64)}
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        ({"per_task": {"rsna": {"per_protocol": {"frozn": {}}}}}, "per_task.rsna.per_protocol: unknown key 'frozn'"),
+        ({"per_task": {"rsna": {"per_protocol": {"frozen": {"protocol": "linear"}}}}},
+         "per_task.rsna.per_protocol.frozen may not set protocol"),
+        ({"per_task": {"rsna": {"per_protocol": {"frozen": {"lr": 0.1}}}}, "lr_search": {"candidates": [0.1]}},
+         "per_task.rsna.per_protocol.frozen sets lr"),
+        ({"per_task": {"rsna": {"per_protocol": {"frozen": {"epoch": 2}}}}},
+         "per_task.rsna.per_protocol.frozen: unknown key 'epoch'"),
+    ],
+)
+def test_bad_per_task_per_protocol_entries_name_the_key(change, needle):
+    with pytest.raises(SweepError) as e:
+        parse_sweep(json.loads(json.dumps(BASE)) | change, source="x.yaml")
+    assert needle in str(e.value) and str(e.value).startswith("x.yaml")
+
+
 @pytest.mark.parametrize(
     "change, needle",
     [

@@ -43,7 +43,7 @@ from bench.engine.records import RECORD_VERSION, env_info, record_path, write_js
 from bench.engine.train import NanLossError, fit, seed_everything
 from bench.engine.weights import LeakageError, load_weights
 from bench.models.datasets import DeviceBatches, DeviceCache, device_cache_plan, make_loader
-from bench.models.device import compile_model, loader_workers, resolve_device
+from bench.models.device import channels_last, compile_model, loader_workers, resolve_device
 from bench.models.heads import make_head
 from bench.models.protocols import count_parameters
 from bench.models.reuse import (
@@ -268,7 +268,7 @@ def _train_and_test(cfg, prepared, encoder, winfo, splits, train_idx, device) ->
     """Build the head's model for the protocol, fit on train, pick on val, score on test."""
     head = make_head(cfg.output, cfg, winfo, device)
     model = head.build(encoder).to(device)
-    if device.type == "cuda":
+    if channels_last(device):
         model = model.to(memory_format=torch.channels_last)
     metric = cfg.spec.primary_metric(cfg.protocol)
 

@@ -4,8 +4,9 @@ Readable top to bottom (torchvision's references/detection/engine.py is the mode
 ``fit`` runs epochs of ``train_one_epoch`` followed by an evaluation on the
 validation split, keeps a copy of the best weights, stops after ``patience`` epochs
 without improvement, and raises :class:`NanLossError` as soon as a loss is not
-finite. On CUDA it uses automatic mixed precision and channels_last; on CPU it runs
-in float32 and is repeatable for a given seed.
+finite. On CUDA it uses automatic mixed precision; on CPU it runs in float32 and is
+repeatable for a given seed (models and batches are channels_last on both where
+:func:`bench.models.device.channels_last` says so).
 
 Divergence (:mod:`bench.engine.divergence`): ``fit`` keeps the loss of the first
 training step (``start_loss``, in the first history entry) and flags each epoch whose

@@ -85,21 +85,112 @@ def _check_disjoint(task, data_root: Path, corpus_root: Path, s: dict, progress:
         raise ValueError(f"{corpus_root}: the pretraining corpus shares {len(shared)} image(s) with {data_root}")
 
 
-def _pretrain_all(out: Path, corpus_root: Path, s: dict, progress: bool) -> dict[str, Path]:
+def _pretrain_plan(out: Path, corpus_root: Path, s: dict) -> tuple[dict[str, Path], dict]:
+    """Every method's encoder file, and the settings of the pretrainings still to run
+    (a finished one, ``pretrain.json`` with status ``done``, is skipped)."""
     from bench.pretrain.settings import PretrainSettings
-    from bench.pretrain.train import ENCODER_FILE, RECORD_FILE, pretrain
+    from bench.pretrain.train import ENCODER_FILE, RECORD_FILE
 
-    p, done = s["pretrain"], {}
+    p, encoders, todo = s["pretrain"], {}, {}
     for method in p["methods"]:
         folder = out / "pretrained" / method
         rec = folder / RECORD_FILE
         if not (rec.exists() and json.loads(rec.read_text()).get("status") == "done"):
-            settings = PretrainSettings(method=method, data=str(corpus_root), out=str(folder.parent), name=method,
-                                        arch=s["arch"], device="cpu", **p["settings"],
-                                        **(p.get("method_settings") or {}).get(method, {}))  # fmt: skip
-            pretrain(settings, resume=(folder / "state.pt").exists(), progress=progress, register=False)
-        done[method] = folder / ENCODER_FILE
-    return done
+            values = {**p["settings"], **(p.get("method_settings") or {}).get(method, {})}  # the method's win
+            todo[method] = PretrainSettings(method=method, data=str(corpus_root), out=str(folder.parent), name=method,
+                                            arch=s["arch"], device="cpu", **values)  # fmt: skip
+        encoders[method] = folder / ENCODER_FILE
+    return encoders, todo
+
+
+def _pretrain_one(settings, progress: bool = False) -> float:
+    """One pretraining (resumed from its ``state.pt`` if interrupted); its seconds."""
+    from bench.pretrain.train import pretrain
+
+    t0 = time.perf_counter()
+    resume = (Path(settings.out) / settings.name / "state.pt").exists()
+    pretrain(settings, resume=resume, progress=progress, register=False)
+    return time.perf_counter() - t0
+
+
+def _by_cost(configs: list[RunConfig]) -> list[RunConfig]:
+    """Longest runs first (finetune, frozen, linear; more labels first), so that the last
+    runs to finish in the workers are short ones."""
+    order = {"finetune": 0, "frozen": 1, "linear": 2}
+    return sorted(configs, key=lambda c: (order.get(c.protocol, 0), -c.fraction))
+
+
+def _schedule(pretrainings: dict, runs: dict, workers: int, progress: bool) -> tuple[float, dict, int]:
+    """The pretrainings and the runs, in ``workers`` local worker processes (one torch thread
+    each) or in this process. ``runs`` maps a method (or None: no pretraining needed) to
+    its runs; a method's runs start as soon as its pretraining has finished, so the runs of
+    ``random`` fill the cores while the encoders pretrain. Returns (pretraining seconds
+    summed, the pretrainings that failed {method: error}, the number of failed runs)."""
+    from bench.experiments.executors import run_local
+
+    total = len(pretrainings) + sum(len(v) for v in runs.values())
+    bar = tqdm(total=total, desc=f"demo: pretrainings and runs ({workers} worker(s))", disable=not progress,
+               unit="job")  # fmt: skip
+    seconds, errors, failed = 0.0, {}, 0
+
+    def ran(outcome) -> None:
+        nonlocal failed
+        bar.update(1)
+        if outcome.status != "complete":
+            failed += 1
+            print(f"demo: run {outcome.run_id} {outcome.status}: {outcome.error or ''}", file=sys.stderr)
+
+    def pretrained(method: str, result) -> bool:
+        """Account for one pretraining (``result``: its seconds, or the exception it raised)."""
+        nonlocal seconds
+        bar.update(1)
+        if isinstance(result, Exception):
+            errors[method] = result
+            print(f"demo: pretraining {method} failed: {type(result).__name__}: {result}; its runs are skipped",
+                  file=sys.stderr)  # fmt: skip
+            bar.update(len(runs.get(method, [])))
+            return False
+        seconds += result
+        return True
+
+    if workers == 1 or not total:  # in this process
+        for method, settings in pretrainings.items():
+            try:
+                result = _pretrain_one(settings, progress=progress)
+            except Exception as e:  # noqa: BLE001 - reported at the end; the other methods go on
+                result = e
+            pretrained(method, result)
+        for outcome in run_local([(c, None) for m, group in runs.items() if m not in errors for c in group]):
+            ran(outcome)
+        bar.close()
+        return seconds, errors, failed
+
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    from bench.experiments.executors import _run_in_worker, local_pool, outcome_of
+
+    with local_pool(workers, threads=1) as pool:
+        futures = {pool.submit(_pretrain_one, st): ("pretrain", m) for m, st in pretrainings.items()}
+
+        def submit(group: list[RunConfig]) -> None:
+            futures.update({pool.submit(_run_in_worker, c, None): ("run", c) for c in _by_cost(group)})
+
+        submit([c for m, group in runs.items() if m not in pretrainings for c in group])
+        while futures:
+            done, _ = wait(futures, return_when=FIRST_COMPLETED)
+            for fut in done:
+                kind, what = futures.pop(fut)
+                if kind == "run":
+                    ran(outcome_of(fut, what))
+                    continue
+                try:
+                    result = fut.result()
+                except Exception as e:  # noqa: BLE001 - reported at the end; the other methods go on
+                    result = e
+                if pretrained(what, result):
+                    submit(runs.get(what, []))
+    bar.close()
+    return seconds, errors, failed
 
 
 def _probe_all(probe_root: Path, inits: list[tuple[str, str | None]], s: dict, progress: bool) -> dict:
@@ -136,36 +227,33 @@ def run_demo(out: Path, report: Path, quick: bool = False, progress: bool = True
     data_root, corpus_root, probe_root = _datasets(out, s, progress)
     announce_synthetic(out / "data")
     _check_disjoint(task, data_root, corpus_root, s, progress)
-    encoders = _pretrain_all(out, corpus_root, s, progress)
-    t_pretrain = time.perf_counter() - t0
+    encoders, pretrainings = _pretrain_plan(out, corpus_root, s)
     inits = [("random", None)]
     if wr.is_cached("imagenet", s["arch"]):
         inits.append(("imagenet", None))
     inits += [(str(path), method) for method, path in encoders.items()]
-    probe = _probe_all(probe_root, inits, s, progress)
-    write_json_atomic(out / "probe.json", probe)
     configs = demo_configs(out, data_root, inits, s)
-    todo = []
+    runs: dict[str | None, list[RunConfig]] = {}
     for cfg in configs:
         path = record_path(cfg.out, cfg.run_id)
         if not (path.exists() and read_record(path).get("status") == "complete"):
-            todo.append((cfg, None))
-    # the runs in parallel worker processes (the sweep's local executor), one torch thread
-    # each: small models at 64 px use two cores better as two runs than as one
-    from bench.experiments.executors import run_local
-
-    workers = max(1, min(int(s.get("workers") or 1), len(todo) or 1))
-    failed = 0
-    bar = tqdm(total=len(todo), desc=f"demo runs ({workers} worker(s))", disable=not progress, unit="run")
-    for outcome in run_local(todo, workers=workers, threads=1 if workers > 1 else None):
-        bar.update(1)
-        if outcome.status != "complete":
-            failed += 1
-            print(f"demo: run {outcome.run_id} {outcome.status}: {outcome.error or ''}", file=sys.stderr)
-    bar.close()
+            runs.setdefault(cfg.init_name, []).append(cfg)
+    # pretrainings and runs in the sweep's local worker processes, one torch thread each:
+    # small models at 64 px use two cores better as two jobs than as one
+    workers = max(1, int(s.get("workers") or 1))
+    t_pretrain, pretrain_errors, failed = _schedule(pretrainings, runs, workers, progress)
+    encoders = {m: path for m, path in encoders.items() if m not in pretrain_errors}
+    failed += sum(len(runs.get(m, [])) for m in pretrain_errors)  # not run
+    probe = _probe_all(probe_root, [i for i in inits if i[1] not in pretrain_errors], s, progress)
+    write_json_atomic(out / "probe.json", probe)
     pre_records = [json.loads((p.parent / "pretrain.json").read_text()) for p in encoders.values()]
     section = pretraining_section(pre_records, probe, report)
     written = write_report(out / "records", report, extra_sections=[section])
     print(f"demo: {len(configs) - failed}/{len(configs)} runs complete in {time.perf_counter() - t0:.0f}s "
-          f"(pretraining {t_pretrain:.0f}s); report {written}", file=sys.stderr)  # fmt: skip
+          f"(pretraining {t_pretrain:.0f}s of worker time); report {written}", file=sys.stderr)  # fmt: skip
+    if pretrain_errors:
+        from bench.pretrain.train import PretrainFailed
+
+        names = ", ".join(f"{m} ({type(e).__name__}: {e})" for m, e in pretrain_errors.items())
+        raise PretrainFailed(f"demo: pretraining failed for {names}; the report {written} leaves it out", {})
     return written

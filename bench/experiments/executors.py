@@ -31,6 +31,7 @@ count, so records of different executors match exactly when ``threads`` is the s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -229,8 +230,22 @@ def run_local(
             yield run_one(cfg, sel, threads=threads)
         return
 
+    from concurrent.futures import as_completed
+
+    with local_pool(workers, threads) as pool:
+        futures = {pool.submit(_run_in_worker, cfg, sel): cfg for cfg, sel in jobs}
+        for fut in as_completed(futures):
+            yield outcome_of(fut, futures[fut])
+
+
+@contextlib.contextmanager
+def local_pool(workers: int, threads: int | None = None):
+    """The local executor's worker processes (spawned, ``threads`` torch threads each,
+    default ``cores // workers``; worker i on ``cuda:(i % GPUs)`` when there are GPUs), as a
+    ``ProcessPoolExecutor``: submit :func:`_run_in_worker` (a run) or any picklable call
+    (``bench demo`` submits its pretrainings too). Leaving cancels what has not started."""
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import ProcessPoolExecutor
 
     n_gpus = visible_gpus()
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
@@ -238,18 +253,19 @@ def run_local(
     slots = ctx.Queue()
     for i in range(workers):
         slots.put(i)
-    pool = ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_init_worker, initargs=(slots, threads, n_gpus)
-    )
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(slots, threads, n_gpus))
     try:
-        futures = {pool.submit(_run_in_worker, cfg, sel): cfg for cfg, sel in jobs}
-        for fut in as_completed(futures):
-            try:
-                yield fut.result()
-            except Exception as e:  # noqa: BLE001 - a worker died (BrokenProcessPool, ...)
-                yield _failed(futures[fut], e)
+        yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def outcome_of(fut, cfg: RunConfig) -> Outcome:
+    """The outcome of a finished :func:`_run_in_worker` future; a worker that died is an error."""
+    try:
+        return fut.result()
+    except Exception as e:  # noqa: BLE001 - a worker died (BrokenProcessPool, ...)
+        return _failed(cfg, e)
 
 
 # ---------------------------------------------------------------- ray

@@ -22,8 +22,9 @@ A benchmark is hundreds of runs (task x init x protocol x fraction x seed). YAML
       image_size: 224
       epochs: 20
       data_root: null          # omitted/null: $CXRBENCH_DATA/<task>, else built-in synthetic
-    per_task:                  # optional, per task: fields (scalars) or grid axes (lists)
-      task_b: {batch_size: 8, data_root: /data/task_b}
+    per_task:                  # optional, per task: fields (scalars) or grid axes (lists),
+      task_b: {batch_size: 8, data_root: /data/task_b,   # and that task's own per_protocol
+               per_protocol: {frozen: {init: [imagenet]}}}
     per_protocol:              # optional, per protocol, the same way (e.g. a cheap linear
       linear: {epochs: 50}     # probe trains longer; with feature reuse its epochs are cheap)
     inits:                     # optional: grid init labels that stand for a checkpoint
@@ -39,8 +40,10 @@ A benchmark is hundreds of runs (task x init x protocol x fraction x seed). YAML
               mem_gb: 32, folder: null, cluster: null, threads: null}
 
 Precedence for one run: RunConfig defaults < ``settings`` < ``per_task`` < grid values <
-``per_protocol`` of its protocol < the ``inits`` entry of its init label (a
-``per_protocol`` list replaces that grid axis for the protocol's runs). A key may not be both a grid axis and a setting.
+``per_protocol`` of its protocol < ``per_task.<task>.per_protocol`` of its protocol (one
+task's protocol: ``per_task: {rsna: {per_protocol: {frozen: {init: [supervised]}}}}``) <
+the ``inits`` entry of its init label (a ``per_protocol`` list replaces that grid axis
+for the protocol's runs). A key may not be both a grid axis and a setting.
 Unknown keys anywhere are errors naming the key, and every run is validated by
 ``RunConfig`` before anything runs. Numbers such as ``1e-3`` (a string to YAML) are read
 as numbers. Relative paths are relative to the directory ``bench sweep`` runs in, as for
@@ -225,8 +228,8 @@ def parse_sweep(data: dict, source: str = "<sweep>") -> Sweep:
     settings = _fields(data.get("settings"), f"{source}: settings", False)
     if both := sorted(set(grid) & set(settings)):
         raise SweepError(f"{source}: {', '.join(both)} is both a grid axis and a setting; keep one")
-    per_task = _parse_per_task(data.get("per_task"), source)
-    per_protocol = _parse_per_protocol(data.get("per_protocol"), source)
+    per_task, task_protocol = _parse_per_task(data.get("per_task"), source)
+    per_protocol = _parse_per_protocol(data.get("per_protocol"), f"{source}: per_protocol")
     init_entries = _parse_inits(data.get("inits"), source)
     lr_search = None
     if data.get("lr_search") is not None:
@@ -235,11 +238,12 @@ def parse_sweep(data: dict, source: str = "<sweep>") -> Sweep:
             [("grid", grid), ("settings", settings)]
             + [(f"per_task.{t}", v) for t, v in per_task.items()]
             + [(f"per_protocol.{p}", v) for p, v in per_protocol.items()]
+            + [(f"per_task.{t}.per_protocol.{p}", v) for t, pp in task_protocol.items() for p, v in pp.items()]
         ):
             if "lr" in d:
                 raise SweepError(f"{source}: {w} sets lr, but lr_search chooses it; drop one")
     executor = _parse_executor(data.get("executor"), source)
-    runs = _expand(grid, settings, per_task, per_protocol, init_entries, out, source)
+    runs = _expand(grid, settings, per_task, per_protocol, init_entries, out, source, task_protocol)
     if lr_search is not None and isinstance(lr_search.candidates, dict):
         missing = sorted({c.protocol for c in runs} - set(lr_search.candidates))
         if missing:
@@ -252,23 +256,30 @@ def parse_sweep(data: dict, source: str = "<sweep>") -> Sweep:
     )
 
 
-def _parse_per_task(obj, source: str) -> dict[str, dict]:
+def _parse_per_task(obj, source: str) -> tuple[dict[str, dict], dict[str, dict]]:
+    """(task -> its fields, task -> its own ``per_protocol``: ``per_task.T.per_protocol``)."""
     per_task = _check_keys(obj, task_names(), f"{source}: per_task")
-    per_task = {t: _fields(v, f"{source}: per_task.{t}", True) for t, v in per_task.items()}
-    for t, over in per_task.items():
-        if "task" in over:
-            raise SweepError(f"{source}: per_task.{t} may not set task")
-    return per_task
+    fields, nested = {}, {}
+    for t, v in per_task.items():
+        where = f"{source}: per_task.{t}"
+        v = dict(v) if isinstance(v, dict) else v
+        inner = v.pop("per_protocol", None) if isinstance(v, dict) else None
+        fields[t] = _fields(v, where, True)
+        if "task" in fields[t]:
+            raise SweepError(f"{where} may not set task")
+        if inner is not None:
+            nested[t] = _parse_per_protocol(inner, f"{where}.per_protocol")
+    return fields, nested
 
 
-def _parse_per_protocol(obj, source: str) -> dict[str, dict]:
-    per_protocol = _check_keys(obj, PROTOCOLS, f"{source}: per_protocol")
-    per_protocol = {
-        p: _fields(v, f"{source}: per_protocol.{p}", True) for p, v in per_protocol.items()
-    }
+def _parse_per_protocol(obj, prefix: str) -> dict[str, dict]:
+    """A ``per_protocol`` mapping; ``prefix`` names it in errors (``<file>: per_protocol``,
+    or ``<file>: per_task.T.per_protocol``)."""
+    per_protocol = _check_keys(obj, PROTOCOLS, prefix)
+    per_protocol = {p: _fields(v, f"{prefix}.{p}", True) for p, v in per_protocol.items()}
     for p, over in per_protocol.items():
         if bad := sorted({"task", "protocol"} & set(over)):
-            raise SweepError(f"{source}: per_protocol.{p} may not set {', '.join(bad)}")
+            raise SweepError(f"{prefix}.{p} may not set {', '.join(bad)}")
     return per_protocol
 
 
@@ -349,7 +360,7 @@ def _protocol_combos(kw: dict, per_protocol: dict):
         yield kw | scalars | dict(zip(lists, combo))
 
 
-def _expand(grid, settings, per_task, per_protocol, inits, out, source) -> list[RunConfig]:
+def _expand(grid, settings, per_task, per_protocol, inits, out, source, task_protocol=None) -> list[RunConfig]:
     tasks = grid.get("task") or ([settings["task"]] if "task" in settings else [])
     if not tasks:
         from tasks import task_names
@@ -365,7 +376,9 @@ def _expand(grid, settings, per_task, per_protocol, inits, out, source) -> list[
         keys = list(axes)
         for combo in itertools.product(*(axes[k] for k in keys)):
             base = fixed | dict(zip(keys, combo)) | {"out": out}
-            for kw in _protocol_combos(base, per_protocol):
+            combos = (k2 for k1 in _protocol_combos(base, per_protocol)
+                      for k2 in _protocol_combos(k1, (task_protocol or {}).get(task, {})))  # fmt: skip
+            for kw in combos:
                 label = kw.get("init")
                 if isinstance(label, str) and label in inits:
                     kw |= inits[label]

@@ -116,10 +116,11 @@ def _values(kind: str, output) -> dict:
 class FeatureStore:
     """The encoder's outputs for a set of cache indices, each row computed once."""
 
-    def __init__(self, kind, length, keys, passthrough, arrays, row_of, storage, spill_dir, seconds):
+    def __init__(self, kind, length, keys, passthrough, arrays, row_of, storage, spill_dir, seconds, formats=None):
         self.kind, self.length, self.keys, self.passthrough = kind, length, keys, passthrough
         self.arrays, self.row_of, self.storage = arrays, row_of, storage
         self.spill_dir, self.seconds = spill_dir, seconds
+        self.formats = formats or {}  # key -> the memory format the encoder produced it in
 
     @property
     def nbytes(self) -> int:
@@ -144,6 +145,7 @@ class FeatureStore:
         used = getattr(model, "encoder_outputs_used", None)
         n_total = len(loader.dataset)
         arrays: dict = {}
+        formats: dict = {}  # the encoder's memory format per output: replayed the same way
         rows: list[torch.Tensor] = []
         structure = None
         storage, spill_dir = "memory", None
@@ -186,6 +188,7 @@ class FeatureStore:
                             continue
                         v = values[k]
                         arrays[k] = _allocate((n_total, *v.shape[1:]), v.dtype, spill_dir, len(arrays))
+                        formats[k] = _memory_format(v)
                 kind, keys, passthrough = structure
                 values = _values(kind, output)
                 m = len(batch[2])
@@ -209,7 +212,7 @@ class FeatureStore:
         kind, keys, passthrough = structure
         length = len(_values(kind, output))
         return cls(kind, length, keys, passthrough, arrays, row_of, storage, spill_dir,
-                   time.perf_counter() - t0)  # fmt: skip
+                   time.perf_counter() - t0, formats)  # fmt: skip
 
     def gather(self, indices: torch.Tensor, inputs: torch.Tensor):
         """The encoder's output for the images ``indices`` (``inputs`` is the encoder's input)."""
@@ -227,6 +230,9 @@ class FeatureStore:
                 values[k] = inputs
             else:
                 values[k] = self.arrays[k][rows].to(device, non_blocking=True)
+                fmt = self.formats.get(k, torch.contiguous_format)
+                if fmt is not torch.contiguous_format:  # channels_last: the decoder's kernels sum
+                    values[k] = values[k].contiguous(memory_format=fmt)  # in the order they would
         if self.kind == "dict":
             return OrderedDict((k, values[k]) for k in self.keys)
         if self.kind == "tensor":
@@ -243,6 +249,13 @@ class FeatureStore:
     def summary(self) -> dict:
         return {"storage": self.storage, "dtype": self.dtype, "bytes": self.nbytes,
                 "images": int((self.row_of >= 0).sum()), "seconds": round(self.seconds, 3)}  # fmt: skip
+
+
+def _memory_format(t: torch.Tensor) -> torch.memory_format:
+    """channels_last for a 4-d tensor laid out NHWC (and not also NCHW), else contiguous."""
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def _padded(batch, size: int | None):

@@ -20,6 +20,7 @@ from torch import nn
 from bench.metrics.segmentation import THRESHOLD, SegMetrics
 from bench.models.datasets import Normalize, SegmentationDataset
 from bench.models.device import autocast
+from bench.models.device import channels_last as nhwc
 from bench.models.protocols import ProtocolModel, load_into
 
 
@@ -114,7 +115,7 @@ class SegmentationHead:
         self.cfg, self.device = cfg, device
         self.channels = winfo["in_channels"]
         self.normalize = Normalize(winfo["mean"], winfo["std"], self.channels)
-        self.loss_step = make_loss_step(self.normalize, device.type == "cuda")
+        self.loss_step = make_loss_step(self.normalize, nhwc(device))
 
     def build(self, encoder: nn.Module) -> ProtocolModel:
         return build_segmenter(encoder, self.cfg.arch, self.cfg.protocol, self.channels)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.models.device import channels_last as nhwc
 from bench.perf.meter import Path as PerfPath
 from bench.perf.meter import side_by_side
 
@@ -75,7 +76,7 @@ class _Method:
         seed_everything(s.seed)
         model = method.build(new_encoder(s.arch), self.settings, ctx)
         dataset = method.dataset(images, corpus.records, self.settings, ctx)
-        self.channels_last = device.type == "cuda"
+        self.channels_last = nhwc(device)  # as bench pretrain
         self.model = (
             model.to(device, memory_format=torch.channels_last)
             if self.channels_last

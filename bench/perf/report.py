@@ -61,8 +61,8 @@ def _notes(s, setup, device, dicom_root) -> list[str]:
             0, f"SYNTHETIC DATA ({setup.root}): throughput only; says nothing about metrics."
         )
     if device.type == "cpu":
-        notes.append("CPU: float32, no autocast, no channels_last (as bench run); on CUDA the same code runs "
-                     "with bf16 autocast and channels_last.")  # fmt: skip
+        notes.append("CPU: float32, no autocast, channels_last where oneDNN runs the convolutions (as bench "
+                     "run); on CUDA the same code runs with bf16 autocast and channels_last.")  # fmt: skip
     return notes
 
 

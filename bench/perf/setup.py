@@ -20,7 +20,7 @@ from bench.engine.dataroot import resolve_data_root
 from bench.engine.train import seed_everything, train_one_epoch
 from bench.engine.weights import load_weights
 from bench.models.datasets import make_loader
-from bench.models.device import grad_scaler, resolve_device
+from bench.models.device import channels_last, grad_scaler, resolve_device
 from bench.models.heads import make_head
 from bench.perf.meter import Counted
 from bench.perf.settings import PerfSettings
@@ -49,7 +49,7 @@ class Trainer:
         seed_everything(cfg.seed)
         # a copy: a detector reuses the encoder's modules, and each protocol needs its own
         model = self.head.build(copy.deepcopy(setup.encoder)).to(device)
-        if device.type == "cuda":
+        if channels_last(device):  # as bench run
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         params = [p for p in model.parameters() if p.requires_grad]

@@ -125,12 +125,27 @@ def hub_offline():
                 os.environ[key] = value
 
 
+@contextmanager
+def _no_progress_bars():
+    """transformers' own bars ("Loading weights", "Writing model shards") off for a while:
+    a small model loads in milliseconds, and the bars ignore ``--quiet``."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def load_text_encoder(path):
     """(model, tokenizer) from a Hugging Face model folder on disk; local files only."""
     folder = check_model_folder(path)
     from transformers import AutoModel, AutoTokenizer
 
-    with hub_offline():
+    with hub_offline(), _no_progress_bars():
         try:
             model = AutoModel.from_pretrained(str(folder), local_files_only=True)
         except Exception as e:  # any failure here means the folder is not a usable model
@@ -233,7 +248,7 @@ def _random_bert(vocab_size: int, pad_id: int, *, seed: int, hidden: int, layers
 def _save_together(model, tokenizer, out_dir: Path) -> None:
     """save_pretrained both into a temporary folder, then move the files in; config.json last."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".saving-") as tmp:
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".saving-") as tmp, _no_progress_bars():
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         names = sorted(os.listdir(tmp), key=lambda n: n == "config.json")

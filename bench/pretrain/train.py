@@ -3,8 +3,8 @@
 Owns :func:`pretrain` (``bench pretrain``) and :class:`PretrainFailed`. The flow:
 read the corpus (``corpora``) and check that the method can use it; decode the images
 once (cached); build the encoder and the method's model; train for the settings'
-epochs with the recipe's optimizer and a cosine schedule (bf16 autocast and
-channels_last on CUDA; DDP under ``torchrun``, each process taking ``batch_size /
+epochs with the recipe's optimizer and a cosine schedule (bf16 autocast on CUDA,
+channels_last on CUDA and oneDNN CPUs; DDP under ``torchrun``, each process taking ``batch_size /
 world_size`` of the global batch); after every epoch write the encoder
 (``encoder.safetensors``, the plain torchvision layout), the training state
 (``state.pt``, for ``--resume``) and one line of ``log.jsonl``; at the end the sha256,
@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from tqdm import tqdm  # not tqdm.auto, whose bar calls iter() on a loader once more (test_reuse)
 
+from bench.models.device import channels_last as nhwc
 from bench.pretrain.methods import Context, get_method
 from bench.pretrain.settings import PretrainSettings, differences, resolve
 from bench.util import atomic_write, json_safe, sha256_file, write_json_atomic
@@ -238,7 +239,7 @@ def pretrain(settings: PretrainSettings, *, resume: bool = False, progress: bool
     seed_everything(s.seed)
     model = method.build(new_encoder(s.arch), s, ctx)
     dataset = method.dataset(images, records, s, ctx)
-    channels_last = device.type == "cuda"
+    channels_last = nhwc(device)
     model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
     generator = torch.Generator().manual_seed(s.seed)
     loader, sampler = _loader(dataset, per_rank, s, world, rank, generator, device)
