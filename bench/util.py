@@ -3,8 +3,9 @@
 Owns: :func:`atomic_write` (write through a temporary file in the same folder, fsync,
 ``os.replace``; a reader sees the old file or the new one, never half of one) and its
 text / JSON / copy forms, :func:`json_safe` (NaN/inf -> null, numpy scalars -> Python),
-:func:`sha256_file` and :func:`generate_once` (a folder made in a temporary sibling and
-renamed into place, for generated data sets).
+:func:`sha256_file`, :func:`generate_once` (a folder made in a temporary sibling and
+renamed into place, for generated data sets) and :func:`held_lock` (one process at a
+time makes a shared thing: a generated data set, a built-in encoder).
 
 This module imports nothing of the project, so ``tasks/`` and ``weights_registry/``
 use it too without depending on the rest of ``bench``. Files are created with the
@@ -16,13 +17,14 @@ gets before any work).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -134,10 +136,32 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+@contextlib.contextmanager
+def held_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Wait for, then hold, an exclusive ``flock`` on the file ``path`` (created if missing):
+    one process at a time on this machine makes what the lock guards. Without ``fcntl``
+    (Windows) there is no lock."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def generate_once(root: str | os.PathLike, make: Callable[[Path], object], *, what: str = "data") -> Path:
     """``root``, made by ``make(tmp)`` in a temporary sibling folder and renamed into place.
 
     Nothing happens when ``root`` exists; an interrupted ``make`` leaves nothing behind.
+    Processes that need the same ``root`` at once (the workers of a sweep on a fresh
+    cache) wait on a lock beside it (``.<name>.lock``): one makes it, the others use it.
     """
     import sys
 
@@ -148,13 +172,16 @@ def generate_once(root: str | os.PathLike, make: Callable[[Path], object], *, wh
     if problem:
         raise PermissionError(f"cannot generate {what} into {root}: {problem}")
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700
-        print(f"Generating {what} into {root} ...", file=sys.stderr)
-        make(tmp)
-        os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with held_lock(root.parent / f".{root.name}.lock"):
+        if root.exists():  # made by another process while this one waited
+            return root
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+        try:
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700
+            print(f"Generating {what} into {root} ...", file=sys.stderr)
+            make(tmp)
+            os.replace(tmp, root)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return root

@@ -46,15 +46,28 @@ def _settings(method: str, arch: str, out: Path):
 
 def builtin_encoder(method: str, arch: str, *, progress: bool = True) -> Path:
     """The encoder file of ``method`` pretrained on the built-in corpus (pretrained now if needed)."""
-    from bench.pretrain.train import ENCODER_FILE, RECORD_FILE, pretrain
+    from bench.pretrain.train import ENCODER_FILE, RECORD_FILE
+    from bench.util import held_lock
     from weights_registry import weights_dir
 
     key = hashlib.sha256(json.dumps([method, arch, BUILTIN_CORPUS, BUILTIN, BUILTIN_METHOD.get(method)],
                                     sort_keys=True).encode()).hexdigest()[:10]  # fmt: skip
     out = weights_dir() / "builtin" / f"{method}-{arch}-{key}"
     record = out / RECORD_FILE
-    if record.exists() and json.loads(record.read_text()).get("status") == "done":
+    done = lambda: record.exists() and json.loads(record.read_text()).get("status") == "done"  # noqa: E731
+    if done():
         return out / ENCODER_FILE
+    # the workers of a sweep on a fresh machine all ask for it at once: one pretrains, the
+    # others wait and load its result (two writers in one folder would mix their epochs)
+    with held_lock(out.parent / f".{out.name}.lock"):
+        if not done():
+            _pretrain_builtin(method, arch, out, progress)
+    return out / ENCODER_FILE
+
+
+def _pretrain_builtin(method: str, arch: str, out: Path, progress: bool) -> None:
+    from bench.pretrain.train import pretrain
+
     print(
         f"\n!! --init {method} has no checkpoint: pretraining a small {method} {arch} on the built-in\n"
         f"!! SYNTHETIC image-report corpus once ({BUILTIN['epochs']} epochs at {BUILTIN['image_size']} px, CPU)\n"
@@ -62,4 +75,3 @@ def builtin_encoder(method: str, arch: str, *, progress: bool = True) -> Path:
         file=sys.stderr,
     )  # fmt: skip
     pretrain(_settings(method, arch, out), resume=(out / "state.pt").exists(), progress=progress, register=False)
-    return out / ENCODER_FILE
