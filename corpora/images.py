@@ -34,7 +34,6 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -120,13 +119,13 @@ def decode_images(
     cached = _load(target, corpus, size)
     built = False
     if cached is None:
-        from bench.util import writable_dir_problem
+        from bench.util import held_lock, writable_dir_problem
 
         problem = writable_dir_problem(target.parent)
         if problem:
             raise DataError(f"the image cache of this corpus ({target}) must be built, but its folder "
                             f"cannot be written: {problem}; set CXRBENCH_CACHE to a writable folder")  # fmt: skip
-        with _lock(target.parent / LOCKS / target.name):  # one builder per key (e.g. DDP ranks)
+        with held_lock(target.parent / LOCKS / target.name):  # one builder per key (e.g. DDP ranks)
             cached = _load(target, corpus, size)
             if cached is None:
                 _build(target, corpus, size, progress)
@@ -140,23 +139,6 @@ def decode_images(
         _warn(unreadable, cached=not built)
     skipped = {UNREADABLE: len(unreadable)} if unreadable else {}
     return images, [corpus.records[i] for i in kept], skipped
-
-
-@contextmanager
-def _lock(path: Path):
-    """An exclusive lock on path (POSIX flock; no lock where fcntl is missing)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _load(target: Path, corpus: Corpus, size: int):
