@@ -13,6 +13,7 @@ at 4 seeds: not caught), and end to end on the CI cells by the benchmark workflo
 import contextlib
 import json
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,8 +52,9 @@ def clean_runs(tmp_path_factory):
 
 def test_self_test_catches_each_mutation(clean_runs, capsys, tmp_path):
     summary = tmp_path / "selftest.md"
+    # two worker processes: each applies the mutation in its own process
     rc = main(["compare", str(clean_runs), "--self-test", "--mutations", "rle-no-transpose",
-               "--summary", str(summary)])  # fmt: skip
+               "--workers", "2", "--summary", str(summary)])  # fmt: skip
     out = capsys.readouterr().out
     assert rc == 0, out
     text = summary.read_text()
@@ -62,7 +64,7 @@ def test_self_test_catches_each_mutation(clean_runs, capsys, tmp_path):
         assert row.rstrip().endswith("✅ yes |"), row
     # the mutated runs are kept beside the clean ones, the clean records untouched
     work = clean_runs.parent / "runs-selftest"
-    assert len(list((work / "rle-no-transpose" / "runs").glob("*.json"))) == 4
+    assert len(list((work / "rle-no-transpose" / "runs" / "siim-random-frozen-f1").glob("*.json"))) == 4
     assert len(list(clean_runs.glob("*.json"))) == 4
 
 
@@ -166,6 +168,93 @@ def test_rle_mutation_transposes_and_is_undone(tmp_path):
     with selftest._rle_no_transpose(tmp_path):
         assert np.array_equal(rle.rle_decode(code, 4, 4), mask.T)
     assert np.array_equal(rle.rle_decode(code, 4, 4), mask)
+
+
+def _fake_self_test(monkeypatch, tmp_path, caught_cells, **kw):
+    """selftest.self_test on fake clean runs of three cells (seconds 30, 10, 20 a run) whose
+    mutated runs 'fail the comparison' in ``caught_cells``: (result, the runs in order)."""
+    from bench.engine.config import RunConfig
+
+    cells = {("linear", 0.1): 30.0, ("frozen", 1.0): 10.0, ("finetune", 1.0): 20.0}
+    configs = [RunConfig(task="siim", init="supervised", protocol=p, fraction=f, seed=s)
+               for (p, f) in cells for s in range(3)]  # fmt: skip
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    monkeypatch.setattr(selftest, "clean_configs", lambda d: configs)
+    monkeypatch.setattr(selftest, "build_baseline", lambda d: {"cells": {}})
+    monkeypatch.setattr(selftest, "record_threads", lambda d: None)
+    monkeypatch.setattr(selftest, "run_seconds",
+                        lambda d: {c.run_id: cells[(c.protocol, c.fraction)] for c in configs})  # fmt: skip
+    order = []
+
+    def execute(m, cfg, work, out):
+        order.append((cfg.protocol, cfg.seed))
+        Path(out).mkdir(parents=True, exist_ok=True)
+        return "boom" if (cfg.protocol, cfg.seed) == ("finetune", 2) else None
+
+    def compare(out, baseline, **_):
+        protocol = Path(out).name.split("-")[2]
+        return {"failed": protocol in caught_cells,
+                "rows": [{"cell": protocol, "verdict": "regressed" if protocol in caught_cells else "ok",
+                          "delta": -0.1 if protocol in caught_cells else 0.0}]}  # fmt: skip
+
+    monkeypatch.setattr(selftest, "_execute_mutated", execute)
+    monkeypatch.setattr(selftest, "compare", compare)
+    result = selftest.self_test(runs, mutations=("random-weights",), log=lambda s: None, **kw)
+    return result, order
+
+
+def test_self_test_runs_cells_cheapest_first_and_stops_when_caught(monkeypatch, tmp_path):
+    result, order = _fake_self_test(monkeypatch, tmp_path, {"finetune"})
+    # frozen (10 s a run) first, then finetune (20 s), caught there: linear (30 s) never runs
+    assert order == [("frozen", 0), ("frozen", 1), ("frozen", 2), ("finetune", 0), ("finetune", 1), ("finetune", 2)]
+    (m,) = result["mutations"]
+    assert m["caught"] and m["caught_on"] == "siim supervised finetune 100%" and result["ok"]
+    assert m["runs"] == 6 and m["cells_not_run"] == ["siim supervised linear 10%"]
+    assert m["failed_runs"] == ["boom"] and [r["cell"] for r in m["rows"]] == ["frozen", "finetune"]
+    text = selftest.format_self_test(result)
+    assert "not run (caught before): siim supervised linear 10%" in text and "1 run(s) failed" in text
+
+
+def test_self_test_all_cells_runs_every_cell_and_an_uncaught_mutation_fails(monkeypatch, tmp_path):
+    result, order = _fake_self_test(monkeypatch, tmp_path, {"frozen"}, all_cells=True)
+    assert [p for p, _ in order] == ["frozen"] * 3 + ["finetune"] * 3 + ["linear"] * 3
+    (m,) = result["mutations"]
+    assert m["caught"] and m["cells_not_run"] == [] and m["runs"] == 9
+    assert [r["verdict"] for r in m["rows"]] == ["regressed", "ok", "ok"]
+
+
+def test_self_test_not_caught_on_any_cell(monkeypatch, tmp_path):
+    result, order = _fake_self_test(monkeypatch, tmp_path, set())
+    assert len(order) == 9
+    (m,) = result["mutations"]
+    assert m["caught"] is False and not result["ok"] and m["caught_on"] is None
+
+
+def test_next_run_starts_a_later_cell_only_when_nothing_else_waits():
+    from bench.engine.config import RunConfig
+
+    def state(name, protocols):
+        m = selftest.Mutation(name, name, lambda c: True, lambda w: contextlib.nullcontext())
+        return selftest._State(m, [((p,), [RunConfig(task="siim", init="random", protocol=p, seed=s)
+                                           for s in range(2)]) for p in protocols])  # fmt: skip
+
+    a, b = state("a", ["frozen", "finetune"]), state("b", ["linear"])
+    picks = []
+    for _ in range(5):
+        st, cell, cfg = selftest._next_run([a, b])
+        st.submitted.add(cfg.run_id)
+        picks.append((st.m.name, cell[0]))
+    # a's first cell, then b's (non-speculative), only then a's second cell ahead of its turn
+    assert picks == [("a", "frozen"), ("a", "frozen"), ("b", "linear"), ("b", "linear"), ("a", "finetune")]
+    a.decided = True
+    assert selftest._next_run([a, b]) is None
+
+
+def test_self_test_flags_need_self_test(clean_runs, capsys):
+    for extra in (["--workers", "2"], ["--all-cells"], ["--mutations", "bn-frozen"]):
+        assert main(["compare", str(clean_runs), "--baseline", "x.json", *extra]) == 2
+        assert "goes with --self-test" in capsys.readouterr().err
 
 
 def test_self_test_needs_finished_runs(tmp_path, capsys):

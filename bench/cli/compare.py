@@ -34,6 +34,12 @@ def add_parser(sub, epilog: str) -> None:
                         "Dice per batch with drop_last, shifted boxes) and compare each with RUNS, two-sided; "
                         "exit 0 when every mutation makes the comparison fail. Writes RUNS-selftest/")
     p.add_argument("--mutations", help="--self-test: comma-separated subset of the mutations (default: all)")
+    p.add_argument("--workers", type=int,
+                   help="--self-test: runs at a time, each in its own process (default: the cores over the "
+                        "clean runs' torch threads, e.g. 2 on 2 cores for one-thread runs)")
+    p.add_argument("--all-cells", action="store_true",
+                   help="--self-test: re-run every cell a mutation touches (the full table); by default the "
+                        "cells run cheapest first and a mutation stops at the first cell that catches it")
     p.add_argument("--summary", metavar="OUT.md", help="also write the markdown summary to this file")
     p.add_argument("--config-name",
                    help="config name stored in a new baseline (default: from the records, else the RUNS folder name)")
@@ -47,9 +53,12 @@ def main(args) -> int:
         from bench.experiments.selftest import run_self_test
 
         chosen = tuple(m.strip() for m in args.mutations.split(",") if m.strip()) if args.mutations else None
-        return run_self_test(args.runs, mutations=chosen, alpha=args.alpha, summary=args.summary)
-    if args.mutations:
-        raise ValueError("--mutations goes with --self-test")
+        return run_self_test(args.runs, mutations=chosen, alpha=args.alpha, summary=args.summary,
+                             workers=args.workers, all_cells=args.all_cells)  # fmt: skip
+    for flag, given in (("--mutations", args.mutations), ("--workers", args.workers is not None),
+                        ("--all-cells", args.all_cells)):  # fmt: skip
+        if given:
+            raise ValueError(f"{flag} goes with --self-test")
     if not args.baseline:
         raise ValueError("--baseline FILE is required (unless --self-test)")
     return run_compare(args.runs, args.baseline, tolerance=args.tolerance, update=args.update_baseline,

@@ -2,7 +2,7 @@
 
 ``RUNS`` is a finished sweep (e.g. ``bench sweep configs/ci.yaml`` -> ``runs/ci``): its
 complete records are the clean baseline. For each mutation below, the self-test breaks
-one component *in this process* (a patched function, as a bug would leave it), re-runs
+one component *in the process of each run* (a patched function, as a bug would leave it), re-runs
 the cells that the component touches with exactly the records' settings (the learning
 rate the sweep's search chose included; same seeds, same run ids) into
 ``RUNS-selftest/<mutation>/``, and compares them with the clean runs of those cells
@@ -29,6 +29,13 @@ mutation               what it breaks                                  cells it 
 into the cache): its runs use ``RUNS-selftest/rle-no-transpose/cache``, with the
 synthetic data sets linked from the real cache so that the images are the same.
 
+Order and cost: a mutation's cells run cheapest first (the clean runs' wall time), each
+cell is compared as soon as its seeds are done, and the mutation is caught on the first
+cell whose comparison fails; its costlier cells are then not run (``--all-cells`` runs
+them all, for the full table). Runs go ``--workers`` at a time in worker processes, each
+applying its mutation in its own process; a worker only starts a later cell of a
+mutation (ahead of its turn) when no mutation has a run of its current cell waiting.
+
 The result is a table (mutation, cells, verdict per cell, caught) in markdown; the exit
 status of ``bench compare --self-test`` is 0 when every mutation is caught, else 1.
 """
@@ -38,9 +45,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,7 +120,8 @@ def _rle_no_transpose(work: Path):
     cache = work / "cache"
     cache.mkdir(parents=True, exist_ok=True)
     if (real_root / "synthetic").is_dir() and not (cache / "synthetic").exists():
-        (cache / "synthetic").symlink_to((real_root / "synthetic").resolve(), target_is_directory=True)
+        with contextlib.suppress(FileExistsError):  # another worker linked it first
+            (cache / "synthetic").symlink_to((real_root / "synthetic").resolve(), target_is_directory=True)
     old_env = os.environ.get("CXRBENCH_CACHE")
     os.environ["CXRBENCH_CACHE"] = str(cache)
     try:
@@ -235,63 +245,232 @@ def _restricted(baseline: dict, configs: list[RunConfig]) -> dict:
     return {**baseline, "cells": cells}
 
 
-def self_test(runs_dir: str | Path, *, mutations: tuple[str, ...] | None = None, alpha: float = ALPHA,
-              threads: int | None = None, log=print) -> dict:  # fmt: skip
-    """Run every mutation (or ``mutations``) against the clean runs of ``runs_dir``, with
-    ``threads`` torch threads (default: the clean runs' own, :func:`record_threads`)."""
-    import torch
+def run_seconds(runs_dir: Path) -> dict[str, float]:
+    """Wall seconds of each complete clean run, by run id (what orders the cells, cheapest first)."""
+    records, _ = read_runs(runs_dir)
+    out = {}
+    for r in records:
+        wall = (r.get("timing") or {}).get("wall_s")
+        if r.get("status") == "complete" and isinstance(wall, (int, float)):
+            out[str(r.get("run_id"))] = float(wall)
+    return out
 
+
+def _cell_of(cfg: RunConfig) -> tuple:
+    return (cfg.task, cfg.init_label, cfg.protocol, float(cfg.fraction))
+
+
+def _cell_name(cell: tuple) -> str:
+    task, init, protocol, fraction = cell
+    return f"{task} {init} {protocol} {fraction * 100:g}%"
+
+
+def _cell_dir(cell: tuple) -> str:
+    task, init, protocol, fraction = cell
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{task}-{init}-{protocol}-f{fraction:g}")
+
+
+def plan_cells(todo: list[RunConfig], seconds: dict[str, float]) -> list[tuple[tuple, list[RunConfig]]]:
+    """The cells of ``todo`` with their runs, cheapest first (the clean runs' wall time;
+    ties in cell order), so that a mutation is usually caught before its costly cells run."""
+    cells: dict[tuple, list[RunConfig]] = {}
+    for cfg in todo:
+        cells.setdefault(_cell_of(cfg), []).append(cfg)
+    order = list(cells)
+    return sorted(cells.items(), key=lambda kv: (sum(seconds.get(c.run_id, 0.0) for c in kv[1]), order.index(kv[0])))
+
+
+def _execute_mutated(m: Mutation, cfg: RunConfig, work: str, out: str) -> str | None:
+    """One run of ``cfg`` into ``out`` with ``m``'s component broken (its files in ``work``):
+    None, or why the run failed."""
     from bench.engine.runner import RunFailed, execute
 
+    with m.patch(Path(work)):
+        try:
+            execute(dataclasses.replace(cfg, out=out, progress=False))
+        except RunFailed as e:  # a failed run is a missing seed: a failure too
+            return f"{cfg.run_id}: {e}"
+    return None
+
+
+def _execute_mutated_by_name(name: str, cfg: RunConfig, work: str, out: str) -> str | None:
+    """:func:`_execute_mutated` in a worker process (a Mutation's ``applies`` does not pickle)."""
+    (m,) = [m for m in MUTATIONS if m.name == name]
+    return _execute_mutated(m, cfg, work, out)
+
+
+class _Inline:
+    """A one-worker executor that runs each call in this process when submitted."""
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+
+        fut = Future()
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller through the future
+            fut.set_exception(e)
+        return fut
+
+
+@dataclass
+class _State:
+    """One mutation's progress: its cells in order, what ran, what was compared."""
+
+    m: Mutation
+    cells: list  # [(cell, [cfg, ...]), ...] cheapest first
+    submitted: set = dataclasses.field(default_factory=set)  # run ids
+    done: dict = dataclasses.field(default_factory=dict)  # cell -> runs finished
+    failed: list = dataclasses.field(default_factory=list)
+    rows: list = dataclasses.field(default_factory=list)
+    compared: list = dataclasses.field(default_factory=list)  # cells compared, in order
+    caught_on: str | None = None
+    decided: bool = False
+
+    def active(self) -> int | None:
+        """Index of the first cell not compared yet (None when all are)."""
+        for i, (cell, _) in enumerate(self.cells):
+            if cell not in self.compared:
+                return i
+        return None
+
+
+def _next_run(states: list[_State]):
+    """The next (state, cell, cfg) to start: a run of a mutation's first undecided cell
+    first, in mutation order; only when there is none, a run of a later cell (ahead of
+    its turn: wasted if the mutation is caught before)."""
+    for ahead in (False, True):
+        for st in states:
+            if st.decided:
+                continue
+            first = st.active()
+            for i, (cell, cfgs) in enumerate(st.cells):
+                if i < first or (i > first and not ahead):
+                    continue
+                for cfg in cfgs:
+                    if cfg.run_id not in st.submitted:
+                        return st, cell, cfg
+    return None
+
+
+def self_test(runs_dir: str | Path, *, mutations: tuple[str, ...] | None = None, alpha: float = ALPHA,
+              threads: int | None = None, workers: int = 1, all_cells: bool = False, log=print) -> dict:  # fmt: skip
+    """Run every mutation (or ``mutations``) against the clean runs of ``runs_dir``, with
+    ``threads`` torch threads a run (default: the clean runs' own, :func:`record_threads`),
+    ``workers`` runs at a time (worker processes when more than 1).
+
+    Each mutation's cells run cheapest first; a cell is compared as soon as its runs are
+    done, and the mutation is caught on the first cell whose comparison fails: its
+    remaining cells are not run, unless ``all_cells`` (the full table).
+    """
+    import torch
+
+    from bench.experiments.executors import local_pool
+
     runs_dir = Path(runs_dir)
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
     chosen = [m for m in MUTATIONS if mutations is None or m.name in mutations]
     unknown = sorted(set(mutations or ()) - set(MUTATION_NAMES))
     if unknown:
         raise ValueError(f"unknown mutation(s) {unknown}; known: {', '.join(MUTATION_NAMES)}")
     configs = clean_configs(runs_dir)
     baseline = build_baseline(runs_dir)
+    seconds = run_seconds(runs_dir)
     root = runs_dir.parent / f"{runs_dir.name}-selftest"
-    results = []
-    before = torch.get_num_threads()
     threads = threads or record_threads(runs_dir)
-    if threads:
+    states, results = [], {}
+    for m in chosen:
+        todo = [c for c in configs if m.applies(c)]
+        if not todo:
+            results[m.name] = {"mutation": m.name, "breaks": m.breaks, "runs": 0, "rows": [], "caught": None,
+                               "note": "no cell of these runs uses the component"}  # fmt: skip
+            continue
+        shutil.rmtree(root / m.name, ignore_errors=True)
+        states.append(_State(m, plan_cells(todo, seconds)))
+    total = sum(len(cfgs) for st in states for _, cfgs in st.cells)
+    log(f"self-test: {len(states)} mutation(s), up to {total} run(s), {workers} at a time"
+        + ("" if all_cells else "; each mutation stops at the first cell that catches it (--all-cells: every cell)"))
+
+    def out_of(st: _State, cell: tuple) -> Path:
+        return root / st.m.name / "runs" / _cell_dir(cell)
+
+    def finish_cell(st: _State, cell: tuple, cfgs: list[RunConfig]) -> None:
+        out = out_of(st, cell)
+        result = compare(out, _restricted(baseline, cfgs), alpha=alpha, two_sided=True) if out.is_dir() else None
+        rows = [] if result is None else [
+            {"cell": r["cell"], "verdict": r["verdict"], "delta": r["delta"], "p": r.get("p"),
+             "p_up": r.get("p_up"), "test": r.get("test")} for r in result["rows"]]  # fmt: skip
+        caught = True if result is None else bool(result["failed"])
+        st.rows += rows
+        st.compared.append(cell)
+        verdicts = ", ".join(f"{r['verdict']}" + ("" if r["delta"] is None else f" (Δ {r['delta']:+.3f})")
+                             for r in rows) or "no run completed"  # fmt: skip
+        log(f"self-test {st.m.name}: {_cell_name(cell)}: {verdicts} -> {'caught' if caught else 'not caught'}")
+        if caught and st.caught_on is None:
+            st.caught_on = _cell_name(cell)
+            if not all_cells:
+                st.decided = True
+        if st.active() is None:
+            st.decided = True
+
+    before = torch.get_num_threads()
+    if threads and workers == 1:
         torch.set_num_threads(threads)
+    pool_cm = local_pool(workers, threads) if workers > 1 else contextlib.nullcontext(_Inline())
+    inflight: dict = {}
+    finished = 0
     try:
-        for m in chosen:
-            todo = [c for c in configs if m.applies(c)]
-            work = root / m.name
-            if not todo:
-                results.append({"mutation": m.name, "breaks": m.breaks, "runs": 0, "rows": [],
-                                "caught": None, "note": "no cell of these runs uses the component"})  # fmt: skip
-                continue
-            shutil.rmtree(work, ignore_errors=True)
-            out = work / "runs"
-            log(f"self-test {m.name}: {len(todo)} run(s) with {m.breaks}")
-            failed = []
-            with m.patch(work):
-                for cfg in todo:
-                    try:
-                        execute(dataclasses.replace(cfg, out=str(out), progress=False))
-                    except RunFailed as e:  # a failed run is a missing seed: a failure too
-                        failed.append(f"{cfg.run_id}: {e}")
-            result = compare(out, _restricted(baseline, todo), alpha=alpha, two_sided=True) if out.is_dir() \
-                else None  # fmt: skip
-            rows = [] if result is None else [
-                {"cell": r["cell"], "verdict": r["verdict"], "delta": r["delta"], "p": r.get("p"),
-                 "p_up": r.get("p_up"), "test": r.get("test")} for r in result["rows"]]  # fmt: skip
-            caught = True if result is None else bool(result["failed"])
-            results.append({"mutation": m.name, "breaks": m.breaks, "runs": len(todo), "rows": rows,
-                            "caught": caught, "failed_runs": failed})  # fmt: skip
+        with pool_cm as pool:
+            while True:
+                while len(inflight) < workers and (nxt := _next_run(states)):
+                    st, cell, cfg = nxt
+                    st.submitted.add(cfg.run_id)
+                    args = (cfg, str(root / st.m.name), str(out_of(st, cell)))
+                    fut = (pool.submit(_execute_mutated, st.m, *args) if workers == 1
+                           else pool.submit(_execute_mutated_by_name, st.m.name, *args))  # fmt: skip
+                    inflight[fut] = (st, cell, cfg)
+                if not inflight:
+                    break
+                done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+                for fut in done:
+                    st, cell, cfg = inflight.pop(fut)
+                    finished += 1
+                    if st.decided:  # started ahead of its turn, the mutation caught meanwhile
+                        continue
+                    why = fut.result()
+                    if why:
+                        st.failed.append(why)
+                    st.done[cell] = st.done.get(cell, 0) + 1
+                    log(f"[{finished}] self-test {st.m.name}: {cfg.run_id} " + ("FAILED" if why else "done"))
+                    # compare, in order, every cell whose runs are all done
+                    while not st.decided and (i := st.active()) is not None:
+                        c, cfgs = st.cells[i]
+                        if st.done.get(c, 0) < len(cfgs):
+                            break
+                        finish_cell(st, c, cfgs)
     finally:
         torch.set_num_threads(before)
-    ok = all(r["caught"] is not False for r in results) and any(r["caught"] for r in results)
-    return {"runs_dir": str(runs_dir), "alpha": alpha, "mutations": results, "ok": ok}
+    for st in states:
+        ran = [cell for cell, _ in st.cells if cell in st.compared]
+        skipped = [_cell_name(cell) for cell, _ in st.cells if cell not in st.compared]
+        results[st.m.name] = {
+            "mutation": st.m.name, "breaks": st.m.breaks,
+            "runs": sum(len(cfgs) for cell, cfgs in st.cells if cell in ran),
+            "rows": st.rows, "caught": st.caught_on is not None, "caught_on": st.caught_on,
+            "failed_runs": st.failed, "cells_not_run": skipped,
+        }  # fmt: skip
+    ordered = [results[m.name] for m in chosen]
+    ok = all(r["caught"] is not False for r in ordered) and any(r["caught"] for r in ordered)
+    return {"runs_dir": str(runs_dir), "alpha": alpha, "mutations": ordered, "ok": ok, "all_cells": all_cells}
 
 
 def format_self_test(result: dict) -> str:
+    how = ("every cell it touches" if result.get("all_cells")
+           else "the cells it touches, cheapest first, until one catches it")  # fmt: skip
     lines = [f"## cxrbench compare --self-test: {'✅ every mutation caught' if result['ok'] else '❌ NOT caught'}",
-             "", f"Clean runs `{result['runs_dir']}`; each mutation re-runs the cells it touches and is "
-             f"compared with them two-sided at alpha {result['alpha']:g} (caught = `bench compare` exits 1).",
+             "", f"Clean runs `{result['runs_dir']}`; each mutation re-runs {how}, each cell compared with "
+             f"the clean runs two-sided at alpha {result['alpha']:g} (caught = `bench compare` exits 1).",
              "", "| mutation | what it breaks | runs | cells: verdict (Δ, p) | caught |",
              "| --- | --- | --- | --- | --- |"]  # fmt: skip
     for r in result["mutations"]:
@@ -303,13 +482,21 @@ def format_self_test(result: dict) -> str:
         ) or r.get("note", "")  # fmt: skip
         if r.get("failed_runs"):
             cells += f"; {len(r['failed_runs'])} run(s) failed"
+        if r.get("cells_not_run"):
+            cells += f"; not run (caught before): {', '.join(r['cells_not_run'])}"
         mark = "–" if r["caught"] is None else ("✅ yes" if r["caught"] else "❌ no")
         lines.append(f"| {r['mutation']} | {r['breaks']} | {r['runs']} | {cells} | {mark} |")
     return "\n".join(lines) + "\n"
 
 
-def run_self_test(runs_dir, *, mutations=None, alpha: float = ALPHA, summary=None) -> int:
-    result = self_test(runs_dir, mutations=mutations, alpha=alpha, log=lambda s: print(s, file=sys.stderr))
+def run_self_test(runs_dir, *, mutations=None, alpha: float = ALPHA, summary=None, workers: int | None = None,
+                  all_cells: bool = False) -> int:  # fmt: skip
+    """``bench compare RUNS --self-test``: print (and write to ``summary``) the table; 0 when
+    every mutation is caught. ``workers`` defaults to the cores over the clean runs' threads."""
+    if workers is None:
+        workers = max(1, (os.cpu_count() or 1) // (record_threads(Path(runs_dir)) or 1))
+    result = self_test(runs_dir, mutations=mutations, alpha=alpha, workers=workers, all_cells=all_cells,
+                       log=lambda s: print(s, file=sys.stderr))  # fmt: skip
     text = format_self_test(result)
     print(text, end="")
     if summary:
