@@ -263,3 +263,18 @@ def test_self_test_needs_finished_runs(tmp_path, capsys):
     assert "run the sweep first" in capsys.readouterr().err
     assert main(["compare", str(tmp_path / "empty"), "--self-test", "--mutations", "banana"]) == 2
     assert json.dumps(selftest.MUTATION_NAMES)
+
+
+def test_stop_workers_abandons_the_running_calls_at_once():
+    import time
+
+    from bench.experiments.executors import local_pool, stop_workers
+
+    start = time.monotonic()
+    with local_pool(2, 1) as pool:
+        quick, slow = pool.submit(time.sleep, 0.1), pool.submit(time.sleep, 120)
+        quick.result()
+        procs = list(pool._processes.values())
+        stop_workers(pool)
+    assert time.monotonic() - start < 60
+    assert all(not p.is_alive() for p in procs) and slow.done()

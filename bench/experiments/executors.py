@@ -260,6 +260,17 @@ def local_pool(workers: int, threads: int | None = None):
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def stop_workers(pool) -> None:
+    """Stop a :func:`local_pool`'s worker processes now: what runs in them is abandoned
+    (its record is left as the run left it), what has not started is cancelled."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.join(10)
+
+
 def outcome_of(fut, cfg: RunConfig) -> Outcome:
     """The outcome of a finished :func:`_run_in_worker` future; a worker that died is an error."""
     try:

@@ -365,7 +365,7 @@ def self_test(runs_dir: str | Path, *, mutations: tuple[str, ...] | None = None,
     """
     import torch
 
-    from bench.experiments.executors import local_pool
+    from bench.experiments.executors import local_pool, stop_workers
 
     runs_dir = Path(runs_dir)
     if workers < 1:
@@ -449,6 +449,12 @@ def self_test(runs_dir: str | Path, *, mutations: tuple[str, ...] | None = None,
                         if st.done.get(c, 0) < len(cfgs):
                             break
                         finish_cell(st, c, cfgs)
+                if inflight and all(st.decided for st in states):
+                    # only runs started ahead of their turn are left, for mutations already caught
+                    log(f"self-test: every mutation decided; stopping {len(inflight)} run(s) started ahead")
+                    if workers > 1:
+                        stop_workers(pool)
+                    inflight.clear()
     finally:
         torch.set_num_threads(before)
     for st in states:
