@@ -223,12 +223,14 @@ def test_a_dead_worker_is_an_error_not_a_hang(tmp_path, cache):
 
 def test_ctrl_c_leaves_no_cache_and_no_workers(tmp_path, cache):
     src, items = _items(tmp_path, 16)
-    pids = tmp_path / "pids"
+    pids, finished = tmp_path / "pids", tmp_path / "finished"
     pids.mkdir()
+    finished.mkdir()
 
     def slow(item):
         (pids / str(os.getpid())).touch()
-        time.sleep(0.5)  # 16 items on 2 workers: 4 s
+        time.sleep(5)  # far longer than terminating takes, even on a loaded machine
+        (finished / str(os.getpid())).touch()
         return _load(item)
 
     sent = []
@@ -244,7 +246,10 @@ def test_ctrl_c_leaves_no_cache_and_no_workers(tmp_path, cache):
     watcher.start()
     with pytest.raises(KeyboardInterrupt):
         _toy(src, items, slow, workers=2)
-    assert time.monotonic() - sent[0] < 1.5  # workers terminated, not waited for
+    # workers terminated, not waited for: waiting would take the rest of the 5 s sleep at
+    # least, and the items they were loading would finish
+    assert time.monotonic() - sent[0] < 4.5
+    assert list(finished.iterdir()) == []
     watcher.join()
     assert list((cache / "prepared" / "toy").iterdir()) == []  # no cache, no temporary folder
     assert multiprocessing.active_children() == []
