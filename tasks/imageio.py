@@ -157,10 +157,12 @@ def _invert(raw: np.ndarray, ds) -> np.ndarray:
 
 
 def _to_uint8(values: np.ndarray) -> np.ndarray:
-    values = values.astype(np.float64, copy=False)
     lo, hi = float(values.min()), float(values.max())
     if lo >= 0 and hi <= 255:
+        if values.dtype.kind in "uib":  # whole numbers: the float path's bytes, without it
+            return values.astype(np.uint8)
         return np.rint(values).astype(np.uint8)
+    values = values.astype(np.float64, copy=False)
     if hi == lo:
         return np.zeros(values.shape, np.uint8)
     return np.rint((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
@@ -299,6 +301,8 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     """{0,1} (H, W) -> {0,1} (size, size): area fraction (or bilinear) >= 0.5."""
     if mask.shape == (size, size):
         return (np.asarray(mask) > 0).astype(np.uint8)
+    if not np.asarray(mask).any():  # most masks (a negative image): no resampling needed
+        return np.zeros((size, size), np.uint8)
     shrink = mask.shape[0] >= size and mask.shape[1] >= size
     resample = Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR
     frac = Image.fromarray((np.asarray(mask) > 0).astype(np.float32))

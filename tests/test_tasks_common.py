@@ -133,6 +133,20 @@ def test_read_dicom_12bit_minmax_and_monochrome1(tmp_path):
     np.testing.assert_array_equal(out2, small * 2 - 5)
 
 
+def test_to_uint8_integer_and_float_values():
+    to8 = imageio._to_uint8
+    ints = np.array([[0, 17], [200, 255]])
+    for dtype in (np.uint8, np.uint16, np.int16, np.int64, bool):
+        values = ints.astype(dtype)
+        out = to8(values)
+        assert out.dtype == np.uint8 and out is not values
+        np.testing.assert_array_equal(out, values.astype(np.uint8))
+    np.testing.assert_array_equal(to8(np.array([0.4, 0.6, 254.5, 255.0])), [0, 1, 254, 255])
+    wide = np.array([-100, 0, 1000], np.int16)  # out of [0, 255]: min-max scaled
+    np.testing.assert_array_equal(to8(wide), np.rint((wide + 100) * (255 / 1100)).astype(np.uint8))
+    assert not to8(np.full((2, 2), 4000, np.uint16)).any()
+
+
 def test_read_dicom_errors_name_the_file(tmp_path):
     good = imageio.write_dicom(tmp_path / "g.dcm", _image(), patient_id="p", sop_uid="1.2.7")
     data = good.read_bytes()

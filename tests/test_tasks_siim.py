@@ -119,6 +119,39 @@ def test_rle_edge_runs_allowed():
     assert siim.rle_decode("11 2", 3, 4, "absolute")[:, -1].tolist() == [0, 1, 1]
 
 
+def _pixelwise_decode(rle: str, h: int, w: int, fmt: str) -> np.ndarray:
+    """The RLE definition pixel by pixel: column-major flat positions set to 1."""
+    flat, pos = [0] * (h * w), 0
+    values = [int(v) for v in rle.split()]
+    for first, length in zip(values[::2], values[1::2]):
+        start = pos + first if fmt == "relative" else first - 1
+        for i in range(start, start + length):
+            flat[i] = 1
+        pos = start + length
+    return np.array(flat, np.uint8).reshape(w, h).T
+
+
+def test_rle_decode_matches_the_definition_for_any_runs():
+    # runs inside one column, across several columns, of length 0, and (absolute) unordered
+    # and overlapping ones: the union, as the pixel-by-pixel definition gives
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        h, w = (int(v) for v in rng.integers(1, 40, 2))
+        n, k = h * w, int(rng.integers(1, 8))
+        starts = rng.integers(1, n + 1, k)
+        lengths = [int(rng.integers(0, n - s + 2)) for s in starts]
+        absolute = " ".join(f"{s} {ln}" for s, ln in zip(starts, lengths))
+        got = siim.rle_decode(absolute, h, w, "absolute")
+        assert got.dtype == np.uint8 and got.flags.c_contiguous and got.shape == (h, w)
+        np.testing.assert_array_equal(got, _pixelwise_decode(absolute, h, w, "absolute"))
+        offsets = rng.integers(0, max(1, n // (2 * k)), k)
+        runs = rng.integers(0, max(1, n // (2 * k)), k)
+        relative = " ".join(f"{o} {ln}" for o, ln in zip(offsets, runs))
+        np.testing.assert_array_equal(
+            siim.rle_decode(relative, h, w), _pixelwise_decode(relative, h, w, "relative")
+        )
+
+
 # --------------------------------------------------------------------------- synthetic layout
 
 

