@@ -17,6 +17,7 @@ import numpy as np
 RLE_FORMATS = ("relative", "absolute")
 
 _INT = re.compile(r"-?[0-9]+")
+_INTS = re.compile(r"(?:-?[0-9]+(?: -?[0-9]+)*)?")  # integers joined by single spaces
 
 
 def is_negative(rle) -> bool:
@@ -37,9 +38,9 @@ def rle_runs(rle: str, fmt: str) -> tuple[np.ndarray, np.ndarray]:
     if fmt not in RLE_FORMATS:
         raise ValueError(f"RLE format must be one of {RLE_FORMATS}, not {fmt!r}")
     tokens = str(rle).split()
-    for t in tokens:
-        if not _INT.fullmatch(t):
-            raise ValueError(f"RLE has a non-integer value {t!r}")
+    if not _INTS.fullmatch(" ".join(tokens)):  # one check for the string; the token if it fails
+        bad = next(t for t in tokens if not _INT.fullmatch(t))
+        raise ValueError(f"RLE has a non-integer value {bad!r}")
     if len(tokens) % 2:
         raise ValueError(f"RLE has an odd number of values ({len(tokens)}); expected pairs")
     values = np.array(tokens, dtype=np.int64).reshape(-1, 2)
