@@ -386,6 +386,20 @@ def test_settings_section(tmp_path):
     assert "`data.root`" in settings  # everything else in the collapsed table
 
 
+def test_paths_under_the_current_folder_are_named_relative(tmp_path, monkeypatch):
+    recs = _records()
+    for r in recs:
+        r["data"] = {**r["data"], "root": str(tmp_path / "runs" / "data" / "siim")}
+    monkeypatch.chdir(tmp_path)
+    md = _report(tmp_path, recs)
+    assert "`runs/data/siim`" in md and str(tmp_path) not in md
+    monkeypatch.chdir(tmp_path / "runs")  # elsewhere: a path outside it stays absolute
+    md = _report(tmp_path, recs, name="r2.md")
+    assert "`data/siim`" in md and str(tmp_path / "runs" / "data") not in md
+    recs[0]["data"]["root"] = "/data/elsewhere/siim"
+    assert "/data/elsewhere/siim" in _report(tmp_path, recs, name="r3.md")
+
+
 def test_extra_sections_hook_and_cli(tmp_path):
     section = "## Example predictions\n\n![best](ex.png)"
     md = _report(tmp_path, _records(), extra_sections=[section, ""])

@@ -21,7 +21,7 @@ import pandas as pd
 from bench.reporting.exports import slug, write_table_exports
 from bench.reporting.figures import plot_label_efficiency
 from bench.reporting.frame import aggregate, read_records, records_to_frame
-from bench.reporting.markdown import LEAK_MARK, details
+from bench.reporting.markdown import LEAK_MARK, details, relative_to_cwd
 from bench.reporting.names import metric_notes, metric_order, ordered
 from bench.reporting.sections import (
     appendix,
@@ -159,7 +159,7 @@ def write_report(
         *_bookkeeping(df, records, skipped),
     ]:
         parts += ["", section]
-    out_md.write_text("\n".join(parts) + "\n")
+    out_md.write_text(relative_to_cwd("\n".join(parts) + "\n"))
     return out_md
 
 

@@ -56,3 +56,11 @@ def caption(title: str, synthetic: bool) -> str:
 def details(summary: str, body: str) -> str:
     """A collapsed block (``<details>``) holding ``body``."""
     return "\n".join([f"<details><summary>{summary}</summary>", "", body, "", "</details>"])
+
+
+def relative_to_cwd(text: str) -> str:
+    """``text`` with the current folder's absolute path left out of the paths it names, so a
+    report written in a checkout (``runs/demo/...``) names no machine's folders."""
+    import os
+
+    return text.replace(f"{os.getcwd().rstrip(os.sep)}{os.sep}", "")
