@@ -25,7 +25,8 @@ class PerfSettings:
     sides of the ratio alike (default: one step per round). ``dicoms``: how many 1024x1024 DICOMs the per-sample DICOM
     path cycles through and the timed cache builds decode (enough that starting the build's
     worker processes, a fixed cost, does not decide the 2-vs-1-worker ratio: 16 DICOMs
-    measured x1.30, 128 x1.63, 256 x1.86 on 2 cores). ``methods``: the pretraining methods to time (empty: none).
+    measured x1.30, 128 x1.63, 256 x1.86 on 2 cores, before the per-image decode got 2x
+    faster, which makes the fixed part weigh more). ``methods``: the pretraining methods to time (empty: none).
     ``threads``: CPU threads of torch during the measurement (restored after it); on a
     machine shared with other jobs one thread avoids the stalls of oversubscribed OpenMP.
     ``options``: the task's own settings (``TaskSpec.options``, e.g. ``rle_format``).

@@ -5,6 +5,7 @@ synthetic data)."""
 from __future__ import annotations
 
 import math
+import os
 
 LEAK_MARK, PARTIAL_MARK = "†", "‡"
 SYNTH_MARK = "⚠ SYNTHETIC DATA"
@@ -60,7 +61,7 @@ def details(summary: str, body: str) -> str:
 
 def relative_to_cwd(text: str) -> str:
     """``text`` with the current folder's absolute path left out of the paths it names, so a
-    report written in a checkout (``runs/demo/...``) names no machine's folders."""
-    import os
-
-    return text.replace(f"{os.getcwd().rstrip(os.sep)}{os.sep}", "")
+    report written in a checkout (``runs/demo/...``) names no machine's folders. Run from
+    the file system's root, nothing is left out."""
+    cwd = os.getcwd().rstrip(os.sep)
+    return text.replace(f"{cwd}{os.sep}", "") if cwd else text
