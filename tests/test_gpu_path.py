@@ -125,6 +125,42 @@ def test_loader_shuffle_does_not_depend_on_workers():
                         make_loader(ds, 4, train=True, seed=5, num_workers=1), epochs=3)  # fmt: skip
 
 
+class _PerItem(SegmentationDataset):
+    __getitems__ = None  # torch's fetcher then reads item by item (``dataset[i]``)
+
+
+@pytest.mark.parametrize("batch_size", [1, 5, 16])
+def test_batched_reads_give_the_items_of_per_item_reads(tmp_path, batch_size):
+    """SegmentationDataset.__getitems__ (one indexed read per array and batch) gives the
+    loader the batches that reading each item does, from a read-only memmap too."""
+    images, masks, _ = _arrays()
+    np.save(tmp_path / "images.npy", images)
+    np.save(tmp_path / "masks.npy", masks)
+    mm = np.load(tmp_path / "images.npy", mmap_mode="r"), np.load(tmp_path / "masks.npy", mmap_mode="r")
+    for arrays in ((images, masks), mm):
+        batched, per_item = SegmentationDataset(*arrays, INDICES), _PerItem(*arrays, INDICES)
+        items = batched.__getitems__([3, 0, 3])
+        assert [j for _, _, j in items] == [INDICES[3], INDICES[0], INDICES[3]]
+        for got, want in zip(items, (per_item[3], per_item[0], per_item[3]), strict=True):
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]) and got[2] == want[2]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no "non-writable array" warning from torch
+            _assert_same_epochs(make_loader(per_item, batch_size, train=True, seed=2),
+                                make_loader(batched, batch_size, train=True, seed=2))  # fmt: skip
+
+
+    class Decoded:  # an image source that is not an array (bench perf's per-sample DICOM reader)
+        def __init__(self, a):
+            self.a = a
+
+        def __getitem__(self, j):
+            return self.a[int(j)]
+
+    lazy = SegmentationDataset(Decoded(images), masks, INDICES)
+    _assert_same_epochs(make_loader(_PerItem(images, masks, INDICES), batch_size, train=True, seed=2),
+                        make_loader(lazy, batch_size, train=True, seed=2))  # fmt: skip
+
+
 def test_device_cache_from_read_only_memmap(tmp_path):
     images, masks, _ = _arrays(n=600, size=4)  # more than one copy chunk
     np.save(tmp_path / "images.npy", images)

@@ -149,3 +149,25 @@ def test_fit_early_stopping_restores_best_and_nan_stops():
             device=torch.device("cpu"),
             progress=False,
         )
+
+
+@pytest.mark.parametrize(("src", "dst"), [((2, 2), (64, 64)), ((7, 7), (224, 224)), ((3, 5), (10, 7)), ((9, 4), (4, 9))])
+def test_bilinear_upsample_is_torch_interpolate(src, dst):
+    """The linear probe's separable upsampling: F.interpolate's values and gradients, up to
+    float rounding, for up- and downsampling, non-square and non-integer ratios."""
+    from bench.models.segmentation import bilinear_upsample
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 2, *src, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(3, 2, *dst, dtype=torch.float64)
+    ref = torch.nn.functional.interpolate(x, size=dst, mode="bilinear", align_corners=False)
+    (ref_grad,) = torch.autograd.grad(ref, x, g)
+    out = bilinear_upsample(x, dst)
+    (grad,) = torch.autograd.grad(out, x, g)
+    assert out.shape == ref.shape
+    assert torch.allclose(out, ref, rtol=0, atol=1e-12)
+    assert torch.allclose(grad, ref_grad, rtol=0, atol=1e-12)
+    # float32, channels_last (as the probe's logits on CPU): the same values as float32 interpolate
+    x32 = x.detach().float().contiguous(memory_format=torch.channels_last)
+    ref32 = torch.nn.functional.interpolate(x32, size=dst, mode="bilinear", align_corners=False)
+    assert torch.allclose(bilinear_upsample(x32, dst), ref32, rtol=0, atol=1e-5)
