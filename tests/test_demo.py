@@ -5,7 +5,7 @@ import json
 from bench.cli import main
 
 
-def test_quick_demo_pretrains_every_method_evaluates_and_resumes(tmp_path, capsys):
+def test_quick_demo_pretrains_every_method_evaluates_and_resumes(tmp_path, capsys, monkeypatch):
     out, report = tmp_path / "demo", tmp_path / "reports" / "demo.md"
     assert main(["demo", "--quick", "--quiet", "--out", str(out), "--report", str(report)]) == 0
     records = [json.loads(p.read_text()) for p in sorted((out / "records").glob("*.json"))]
@@ -41,6 +41,28 @@ def test_quick_demo_pretrains_every_method_evaluates_and_resumes(tmp_path, capsy
     assert main(["demo", "--quick", "--quiet", "--out", str(out), "--report", str(report)]) == 0
     assert {p: p.stat().st_mtime_ns for p in watched} == before
     assert "9/9 runs complete" in capsys.readouterr().err
+
+    # demo.yaml changed for moco: moco is pretrained again and its runs run again (their
+    # records were of the old encoder); convirt's and random's are left as they are
+    from bench.experiments import demo
+
+    quick = demo.demo_settings(quick=True)
+    pre = quick["pretrain"]
+    moco_settings = {**pre["method_settings"]["moco"], "queue_size": 32}
+    changed = {**quick, "pretrain": {**pre, "method_settings": {**pre["method_settings"], "moco": moco_settings}}}
+    monkeypatch.setattr(demo, "demo_settings", lambda quick=False: changed)
+    old_sha = json.loads((out / "pretrained" / "moco" / "pretrain.json").read_text())["sha256"]
+    assert main(["demo", "--quick", "--quiet", "--out", str(out), "--report", str(report)]) == 0
+    err = capsys.readouterr().err
+    assert "was pretrained with other settings (queue_size: 64 -> 32); pretraining it again" in err
+    moco = json.loads((out / "pretrained" / "moco" / "pretrain.json").read_text())
+    assert moco["settings"]["queue_size"] == 32 and moco["sha256"] != old_sha
+    after = {p: p.stat().st_mtime_ns for p in watched}
+    rewritten = {p.relative_to(out).as_posix() for p in watched if after[p] != before[p]}
+    moco_records = {p.relative_to(out).as_posix() for p in (out / "records").glob("siim-moco-*.json")}
+    assert rewritten == moco_records | {"pretrained/moco/encoder.safetensors"} and len(moco_records) == 3
+    assert all(json.loads((out / n).read_text())["weights"]["sha256"] == moco["sha256"]
+               for n in moco_records)  # fmt: skip
 
 
 def test_demo_workers_pretrain_beside_the_runs_and_a_failed_pretraining_skips_only_its_runs(

@@ -367,6 +367,37 @@ def test_resume_semantics(tmp_path, fake, capsys):
     assert {read_record(record_path(c.out, c.run_id))["status"] for c in cfgs} == {"complete"}
 
 
+def test_a_complete_run_whose_checkpoint_changed_runs_again(tmp_path, fake, capsys):
+    """A complete record whose weights file (``weights.file``) now has other bytes than its
+    ``weights.sha256`` runs again (the checkpoint was pretrained again at the same path);
+    same bytes, no file any more, or no file at all (random) are skipped."""
+    from bench.experiments.plan import checkpoint_change
+    from bench.util import sha256_file
+
+    ckpt = tmp_path / "encoder.pt"
+    ckpt.write_bytes(b"first weights")
+    d = {"name": "c", "out": str(tmp_path / "runs"), "grid": {"seed": [0, 1, 2]},
+         "settings": {"task": "siim", "init": "random", "arch": "resnet18", "image_size": 64}}  # fmt: skip
+    path = sweep_file(tmp_path, d)
+    cfgs = load_sweep(path).runs
+    gone = tmp_path / "gone.pt"
+    for cfg, (file, sha) in zip(cfgs, [(ckpt, sha256_file(ckpt)), (gone, "ab" * 32), (None, None)], strict=True):
+        rec = read_record(_write(cfg, "complete"))
+        rec["weights"] = {"file": None if file is None else str(file), "sha256": sha}
+        write_json_atomic(record_path(cfg.out, cfg.run_id), rec)
+    assert main(["sweep", str(path)]) == 0
+    assert fake.calls == []
+
+    ckpt.write_bytes(b"weights pretrained again")
+    rec = read_record(record_path(cfgs[0].out, cfgs[0].run_id))
+    assert checkpoint_change(rec) == (f"{ckpt}: sha256 {rec['weights']['sha256'][:12]}... -> "
+                                      f"{sha256_file(ckpt)[:12]}...")  # fmt: skip
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    assert "checkpoint changed since the record" in capsys.readouterr().out
+    assert main(["sweep", str(path)]) == 0
+    assert fake.calls == [cfgs[0].run_id]
+
+
 def test_input_error_is_reported_without_a_record(tmp_path, fake, capsys):
     fake.fail = {0.001: "input"}
     d = {

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import shutil
 import sys
 import time
 from importlib import resources
@@ -33,7 +34,7 @@ from tqdm import tqdm  # not tqdm.auto, whose bar calls iter() on a loader once 
 
 from bench.engine.config import PROTOCOLS, RunConfig
 from bench.engine.dataroot import announce_synthetic
-from bench.engine.records import read_record, record_path
+from bench.experiments.plan import resume_action
 
 
 def demo_settings(quick: bool = False) -> dict:
@@ -87,18 +88,26 @@ def _check_disjoint(task, data_root: Path, corpus_root: Path, s: dict, progress:
 
 def _pretrain_plan(out: Path, corpus_root: Path, s: dict) -> tuple[dict[str, Path], dict]:
     """Every method's encoder file, and the settings of the pretrainings still to run
-    (a finished one, ``pretrain.json`` with status ``done``, is skipped)."""
-    from bench.pretrain.settings import PretrainSettings
+    (a finished one, ``pretrain.json`` with status ``done``, is skipped; one recorded with
+    other result-changing settings is removed and runs again)."""
+    from bench.pretrain.settings import PretrainSettings, differences, resolve
     from bench.pretrain.train import ENCODER_FILE, RECORD_FILE
 
     p, encoders, todo = s["pretrain"], {}, {}
     for method in p["methods"]:
         folder = out / "pretrained" / method
+        values = {**p["settings"], **(p.get("method_settings") or {}).get(method, {})}  # the method's win
+        settings = PretrainSettings(method=method, data=str(corpus_root), out=str(folder.parent), name=method,
+                                    arch=s["arch"], device="cpu", **values)  # fmt: skip
         rec = folder / RECORD_FILE
-        if not (rec.exists() and json.loads(rec.read_text()).get("status") == "done"):
-            values = {**p["settings"], **(p.get("method_settings") or {}).get(method, {})}  # the method's win
-            todo[method] = PretrainSettings(method=method, data=str(corpus_root), out=str(folder.parent), name=method,
-                                            arch=s["arch"], device="cpu", **values)  # fmt: skip
+        recorded = json.loads(rec.read_text()) if rec.exists() else None
+        diffs = differences(recorded.get("settings") or {}, resolve(settings)) if recorded else []
+        if diffs:  # an encoder of other settings (demo.yaml changed): its runs say nothing of these
+            print(f"demo: {folder} was pretrained with other settings ({'; '.join(diffs)}); "
+                  "pretraining it again", file=sys.stderr)  # fmt: skip
+            shutil.rmtree(folder)
+        if diffs or not (recorded and recorded.get("status") == "done"):
+            todo[method] = settings
         encoders[method] = folder / ENCODER_FILE
     return encoders, todo
 
@@ -235,8 +244,9 @@ def run_demo(out: Path, report: Path, quick: bool = False, progress: bool = True
     configs = demo_configs(out, data_root, inits, s)
     runs: dict[str | None, list[RunConfig]] = {}
     for cfg in configs:
-        path = record_path(cfg.out, cfg.run_id)
-        if not (path.exists() and read_record(path).get("status") == "complete"):
+        # a method pretrained now: all its runs (a record left is of an earlier encoder);
+        # else the sweep's resume rule (complete, and the checkpoint it loaded unchanged)
+        if cfg.init_name in pretrainings or resume_action(cfg, retry_failed=True) is not None:
             runs.setdefault(cfg.init_name, []).append(cfg)
     # pretrainings and runs in the sweep's local worker processes, one torch thread each:
     # small models at 64 px use two cores better as two jobs than as one

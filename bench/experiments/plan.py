@@ -7,7 +7,9 @@ the run records on disk (it reads, never writes). ``bench sweep --dry-run`` and
 planned again once the candidates' records are written, ``runs``.
 
 Resume: before a run, its record ``<out>/<run_id>.json`` decides (:func:`resume_action`):
-``complete`` -> skipped; ``failed``/``nan_loss`` -> skipped unless ``--retry-failed``;
+``complete`` -> skipped, unless the weights file it loaded (``weights.file``) is there
+with other bytes now than its ``weights.sha256`` (a checkpoint pretrained again at the
+same path: :func:`checkpoint_change`) -> run again; ``failed``/``nan_loss`` -> skipped unless ``--retry-failed``;
 ``failed`` because it was interrupted (Ctrl-C) -> run again; ``running`` -> its process
 is gone (killed), run again, unless ``--skip-running`` (for ray/slurm, where a running
 record may be live on another machine); no record -> run. Records are written
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +48,7 @@ from bench.engine.config import RunConfig
 from bench.engine.divergence import record_diverged
 from bench.engine.records import get_field, read_record, record_path
 from bench.experiments.sweep import Cell, Sweep
+from bench.util import sha256_file
 
 STAGES = ("lr_search", "runs")
 WAITING = ("wait", "blocked")  # final runs whose lr is not chosen (yet)
@@ -82,7 +86,8 @@ def _why(rec: dict | None, *, retry_failed: bool, skip_running: bool) -> str | N
         return "new"
     status = rec.get("status")
     if status == "complete":
-        return None
+        changed = checkpoint_change(rec)
+        return f"checkpoint changed since the record: {changed}" if changed else None
     if status == "running":
         return None if skip_running else "interrupted (record left running)"
     if is_interrupted(rec):
@@ -90,6 +95,29 @@ def _why(rec: dict | None, *, retry_failed: bool, skip_running: bool) -> str | N
     if status in ("failed", "nan_loss"):
         return f"retry {status}" if retry_failed else None
     return f"record status {status!r}"
+
+
+_SHA_OF: dict[tuple[str, int, int], str] = {}  # (file, size, mtime_ns) -> sha256, per process
+
+
+def checkpoint_change(rec: dict) -> str | None:
+    """``"FILE: sha256 OLD... -> NEW..."`` when the weights file a record loaded is there now
+    with other bytes than the record's ``weights.sha256``; None when they match, when the
+    run loaded no file (``random``) or the file is gone (nothing to compare: the record
+    stands). Each file is hashed once per process (by size and mtime), not once per record."""
+    weights = rec.get("weights") or {}
+    file, sha = weights.get("file"), weights.get("sha256")
+    if not file or not sha:
+        return None
+    try:
+        st = os.stat(file)
+    except OSError:
+        return None
+    key = (str(file), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_OF:
+        _SHA_OF[key] = sha256_file(file)
+    now = _SHA_OF[key]
+    return None if now == sha else f"{file}: sha256 {sha[:12]}... -> {now[:12]}..."
 
 
 def resume_action(
