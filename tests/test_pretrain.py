@@ -198,3 +198,26 @@ def test_real_data_without_checkpoint_names_bench_pretrain(tmp_path, cache, caps
                  "--image-size", "64", "--epochs", "1", "--quiet", "--out", str(tmp_path / "runs")]) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert "bench pretrain --method clip" in err and "--checkpoint" in err
+
+
+def test_encoder_file_bytes_are_the_same_in_every_process(tmp_path):
+    """The same tensors give the same encoder file in any process: safetensors orders a
+    multi-key ``__metadata__`` by a per-process hash (identical weights had two sha256s)."""
+    import hashlib
+    import struct
+    import subprocess
+    import sys
+
+    from bench.pretrain.train import encoder_bytes
+
+    torch.manual_seed(0)
+    state = {"conv1.weight": torch.randn(4, 3, 3, 3), "bn1.num_batches_tracked": torch.tensor(7)}
+    torch.save(state, tmp_path / "state.pt")
+    blob = encoder_bytes(state)
+    n = struct.unpack("<Q", blob[:8])[0]
+    assert list(json.loads(blob[8:8 + n])["__metadata__"]) == ["format"]  # one key: one order
+    code = ("import sys, hashlib, torch; from bench.pretrain.train import encoder_bytes; "
+            "print(hashlib.sha256(encoder_bytes(torch.load(sys.argv[1]))).hexdigest())")  # fmt: skip
+    shas = {subprocess.run([sys.executable, "-c", code, str(tmp_path / "state.pt")], capture_output=True,
+                           text=True, check=True).stdout.strip() for _ in range(3)}  # fmt: skip
+    assert shas == {hashlib.sha256(blob).hexdigest()}

@@ -118,12 +118,26 @@ def _to(batch, device: torch.device, channels_last: bool):
 # ------------------------------------------------------------------------- output
 
 
-def _save_epoch(out: Path, model, optimizer, scheduler, generator, s, epoch, history) -> None:
+ENCODER_METADATA = {"format": "pt"}
+
+
+def encoder_bytes(state: dict) -> bytes:
+    """The encoder file's bytes: the same tensors give the same bytes in any process.
+
+    safetensors writes its ``__metadata__`` from a Rust HashMap, in an order that changes
+    from process to process: with two keys (``format`` and a ``layout`` key, until
+    2026-12-03) identical weights gave one of two sha256s, so a repeated pretraining
+    looked like another encoder. One key has one order. (The key layout is torchvision's
+    ResNet: ``weights_registry`` recognizes it from the keys, not from metadata.)"""
     from safetensors.torch import save
 
+    return save(state, metadata=ENCODER_METADATA)
+
+
+def _save_epoch(out: Path, model, optimizer, scheduler, generator, s, epoch, history) -> None:
     from bench.pretrain.encoder import export_state
 
-    blob = save(export_state(model.encoder), metadata={"format": "pt", "layout": "torchvision-resnet"})
+    blob = encoder_bytes(export_state(model.encoder))
     atomic_write(out / ENCODER_FILE, lambda f: f.write(blob), binary=True)
     payload = {"epoch": epoch, "settings": s.to_dict(), "model": model.state_dict(),
                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
