@@ -148,7 +148,6 @@ def test_batched_reads_give_the_items_of_per_item_reads(tmp_path, batch_size):
             _assert_same_epochs(make_loader(per_item, batch_size, train=True, seed=2),
                                 make_loader(batched, batch_size, train=True, seed=2))  # fmt: skip
 
-
     class Decoded:  # an image source that is not an array (bench perf's per-sample DICOM reader)
         def __init__(self, a):
             self.a = a
