@@ -53,7 +53,8 @@ LOCKS = ".locks"  # pretrain/.locks/<key>: lock files, so concurrent callers dec
 
 
 def cache_key(corpus: Corpus, size: int) -> str:
-    """sha256 over the format version, layout, views, size, root and each file's path, size, mtime."""
+    """sha256 over the format version, layout, views, size, root, the DICOM decoders
+    (`tasks.imageio.decoders`) and each file's path, size, mtime."""
     h = hashlib.sha256()
     head = {
         "format_version": FORMAT_VERSION,
@@ -61,6 +62,7 @@ def cache_key(corpus: Corpus, size: int) -> str:
         "views": corpus.views,
         "size": int(size),
         "root": str(Path(corpus.root).resolve()),
+        "decoders": imageio.decoders(),
     }
     h.update(json.dumps(head, sort_keys=True).encode())
     for r in corpus.records:

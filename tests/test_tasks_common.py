@@ -99,6 +99,39 @@ def test_write_read_dicom_jpeg_close(tmp_path):
     assert err.mean() < 1.5 and err.max() <= 12
 
 
+def test_jpeg_baseline_is_decoded_by_pillow_first_then_by_pydicoms_order(tmp_path, monkeypatch):
+    import io
+
+    import pydicom.encaps
+    import pydicom.pixels
+    from PIL import Image
+
+    pixels = _image(64, 64, seed=3)
+    path = imageio.write_dicom(tmp_path / "j.dcm", pixels, patient_id="p", sop_uid="1.2.7",
+                               compression="jpeg")  # fmt: skip
+    ds = pydicom.dcmread(path)
+    frame = next(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1))
+    pillow = np.asarray(Image.open(io.BytesIO(frame)))
+    assert imageio.PREFERRED_DECODER[JPEGBaseline8Bit] == "pillow"
+    np.testing.assert_array_equal(imageio.read_dicom(path), pillow)  # Pillow's own decode
+
+    plugins = []
+    real = pydicom.pixels.pixel_array
+
+    def failing_pillow(src, **kw):
+        plugins.append(kw.get("decoding_plugin"))
+        if kw.get("decoding_plugin") == "pillow":
+            raise RuntimeError("pillow cannot decode this one")
+        return real(src, **kw)
+
+    monkeypatch.setattr(pydicom.pixels, "pixel_array", failing_pillow)
+    fallback = imageio.read_dicom(path)  # pydicom's order (pylibjpeg first) takes over
+    assert plugins[0] == "pillow"
+    assert fallback.shape == pixels.shape and np.abs(fallback.astype(int) - pillow).max() <= 2
+    monkeypatch.setattr(imageio, "PREFERRED_DECODER", {})
+    np.testing.assert_array_equal(imageio.read_dicom(path), fallback)
+
+
 def _raw_dicom(path: Path, arr: np.ndarray, bits_stored: int, photometric="MONOCHROME2", **extra):
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
@@ -416,10 +449,14 @@ def test_build_cache_interrupted_leaves_nothing(tmp_path, cache):
     assert tcache.load_prepared(tcache.cache_dir_for("toy", "k")) is None
 
 
-def test_cache_key_depends_on_content(tmp_path):
+def test_cache_key_depends_on_content(tmp_path, monkeypatch):
     src, items = _items(tmp_path, 2)
     files = [it["path"] for it in items]
     k = tcache.cache_key("toy", 16, {"a": 1}, files, src)
+    with monkeypatch.context() as m:  # no Pillow JPEG plugin: another decoder, another cache
+        m.setattr(imageio, "PREFERRED_DECODER", {})
+        assert imageio.decoders() == {}
+        assert k != tcache.cache_key("toy", 16, {"a": 1}, files, src)
     assert k == tcache.cache_key("toy", 16, {"a": 1}, list(reversed(files)), src)
     assert k != tcache.cache_key("toy", 32, {"a": 1}, files, src)
     assert k != tcache.cache_key("toy", 16, {"a": 2}, files, src)

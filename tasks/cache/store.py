@@ -22,6 +22,7 @@ import numpy as np
 import platformdirs
 
 from tasks.errors import DataError
+from tasks.imageio import decoders
 
 CACHE_FORMAT_VERSION = 1
 
@@ -45,7 +46,8 @@ def cache_key(
 ) -> str:
     """sha256 over everything a cache's content depends on.
 
-    key_material: task-specific settings (label file sha256, rle format, ...).
+    key_material: task-specific settings (label file sha256, rle format, ...); the DICOM
+    decoders used (`tasks.imageio.decoders`) are part of the key too.
     files: source files whose (relative path, size, mtime_ns) are hashed, sorted.
     """
     root = Path(root).resolve()
@@ -56,6 +58,7 @@ def cache_key(
         "image_size": int(image_size),
         "root": str(root),
         "material": key_material,
+        "decoders": decoders(),
     }
     h.update(json.dumps(head, sort_keys=True).encode())
     for rel, size, mtime in sorted(_file_stats(files, root)):
