@@ -514,6 +514,71 @@ def _sweep_cmd(path: Path) -> list[str]:
     return [sys.executable, "-m", "bench.cli", "sweep", str(path)]
 
 
+def _live_children(pid: int) -> list[int]:
+    """Linux: the pids of pid's child processes (zombies excluded)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_of_a_killed_sweep_stop_and_record_their_run(tmp_path, tiny_data):
+    """SIGKILL of the sweep alone: its local workers notice, record their runs as
+    interrupted and exit, so a resumed sweep is the only writer of the folder."""
+    path = _kill_sweep_file(tmp_path, tiny_data)
+    text = path.read_text().replace("local: {threads: 1}", "local: {threads: 1, workers: 2}")
+    path.write_text(text.replace("epochs: 3", "epochs: 6"))
+    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = os.environ | {"CXRBENCH_CACHE": str(tmp_path / "cache"), "PYTHONPATH": pythonpath}
+    out = tmp_path / "runs"
+    proc = subprocess.Popen(_sweep_cmd(path), cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and list(_statuses(out).values()).count("running") < 2:
+            assert proc.poll() is None, "the sweep ended before both workers ran"
+            time.sleep(0.05)
+        workers = [c for c in _live_children(proc.pid)
+                   if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()
+                   and b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes()]  # fmt: skip
+        assert len(workers) == 2, (workers, _statuses(out))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 30  # a poll (1 s), the interrupt, the record
+        while time.monotonic() < deadline and any(_alive(w) for w in workers):
+            time.sleep(0.1)
+        assert not any(_alive(w) for w in workers), "the workers outlived their sweep"
+    finally:
+        for w in workers:
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)
+    records = {p.stem: read_record(p) for p in out.glob("*.json")}
+    assert "running" not in {r["status"] for r in records.values()}, records
+    interrupted = [r for r in records.values() if r["status"] == "failed"]
+    assert all(r["error"].startswith("interrupted") for r in interrupted), interrupted
+    assert interrupted or len(records) > 2  # the two running runs ended one way or the other
+
+    again = subprocess.run(_sweep_cmd(path), cwd=tmp_path, env=env, capture_output=True, timeout=300)
+    assert again.returncode == 0, again.stderr.decode()[-3000:]
+    final = {p.stem: read_record(p) for p in out.glob("*.json")}
+    assert len(final) == N_KILL_RUNS and {r["status"] for r in final.values()} == {"complete"}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 def test_killed_sweep_loses_nothing_and_resumes(tmp_path, tiny_data, sig):

@@ -207,16 +207,58 @@ def worker_device(index: int, n_gpus: int) -> str | None:
 _WORKER: dict = {}
 
 
+PARENT_POLL_S = 1.0  # how often a local worker checks that its sweep (or demo) still runs
+ORPHAN_GRACE_S = 30.0  # then how long a call it interrupted may take to record itself
+
+
 def _init_worker(slots, threads: int, n_gpus: int) -> None:
     import torch
 
     index = slots.get()
     _WORKER["device"] = worker_device(index, n_gpus)
     torch.set_num_threads(threads)
+    watch_parent(os.getppid())
+
+
+def watch_parent(parent_pid: int, *, poll_s: float = PARENT_POLL_S, grace_s: float = ORPHAN_GRACE_S):
+    """Stop this worker when the process that started it is gone (killed with SIGKILL, say).
+
+    Without it, an orphaned worker would finish its run and write its record while a
+    resumed sweep, which holds the folder's lock again, reruns the same run in the same
+    place (and then wait for work forever). A daemon thread polls the parent pid; once it
+    changed, an idle worker exits at once, and a busy one gets a KeyboardInterrupt in its
+    main thread: the runner records the run ``failed: interrupted`` (a resume runs it
+    again) and :func:`_run_in_worker` exits; whatever else it runs has ``grace_s``.
+    """
+    import _thread
+    import threading
+    import time
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        _WORKER["orphaned"] = True
+        if not _WORKER.get("busy"):
+            os._exit(1)
+        _thread.interrupt_main()
+        time.sleep(grace_s)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="cxrbench-parent-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def _run_in_worker(cfg: RunConfig, lr_selection: dict | None) -> Outcome:
-    return run_one(cfg, lr_selection, device=_WORKER.get("device"))
+    _WORKER["busy"] = True
+    try:
+        return run_one(cfg, lr_selection, device=_WORKER.get("device"))
+    except KeyboardInterrupt:
+        if _WORKER.get("orphaned"):  # its record says interrupted; nobody waits for the outcome
+            os._exit(1)
+        raise
+    finally:
+        _WORKER["busy"] = False
 
 
 def run_local(
