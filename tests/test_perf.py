@@ -85,6 +85,10 @@ def _check_result(r: dict, task: str, methods: list[str], image_size: int = 32) 
     )
     assert s["device"] == "cpu" and s["synthetic"] is True and s["threads"] == 1
     assert r["env"]["device"] == "cpu" and r["command"].startswith(f"bench perf --task {task}")
+    proj = r["projection"]
+    assert proj["task"] == task and proj["runs"] == 315 and len(proj["rows"]) == 9
+    assert _positive(proj["hours"]) and math.isclose(proj["hours"], sum(x["hours"] for x in proj["rows"]))
+    assert {x["reuse"] for x in proj["rows"] if x["protocol"] != "finetune"} == {"reuse (memory)"}
 
 
 def test_perf_siim_writes_table_and_json(tiny_synth, tmp_path):
@@ -96,7 +100,7 @@ def test_perf_siim_writes_table_and_json(tiny_synth, tmp_path):
     _check_result(r, "siim", ["simclr", "moco", "convirt", "clip", "supervised"])
     text = md.read_text()
     for name in ("compute_ips", "pipeline_ips", "efficiency", "cache_speedup", "reuse_limit frozen",
-                 "cache_build_ips", "cache_build_ips 2 workers", "cache_build_2_vs_1", "## Feature reuse", "## Pretraining", "## Peak memory", "## Settings", "## Machine"):  # fmt: skip
+                 "cache_build_ips", "cache_build_ips 2 workers", "cache_build_2_vs_1", "## Feature reuse", "## Pretraining", "## Projection", "## Peak memory", "## Settings", "## Machine"):  # fmt: skip
         assert name in text
 
 
@@ -138,3 +142,50 @@ def test_perf_settings_are_checked():
 def test_perf_refuses_a_folder_as_out(tmp_path):
     with pytest.raises(ValueError, match="--out"):
         _perf(["--task", "siim", "--out", str(tmp_path)])
+
+
+def _result(**over) -> dict:
+    """A bench perf result with round figures (the fields bench.perf.projection reads)."""
+    store = {"bytes": 1000 * 2**20, "images": 100}  # 10 MiB of features an image
+    reuse = {p: {"n_train": 100, "reuse_epoch_s": 1.0, "encoder_ips": 500.0, "pipeline_ips": 50.0,
+                 "store": dict(store)} for p in ("linear", "frozen")}  # fmt: skip
+    reuse["frozen"]["reuse_epoch_s"] = 3.0  # a U-Net decoder: 30 ms an image, the linear head 10
+    r = {"settings": {"task": "siim", "protocol": "finetune", "device": "cuda", "arch": "resnet50",
+                      "image_size": 224, "batch_size": 16},
+         "pipeline_ips": 100.0, "eval": {"eval_ips": 400.0, "metric_ips": 1000.0}, "reuse": reuse}  # fmt: skip
+    r["settings"].update(over)
+    return r
+
+
+def test_projection_of_the_standard_table_is_its_formula():
+    from bench.perf.projection import REAL_IMAGES, project
+
+    n = REAL_IMAGES["siim"]
+    p = project(_result(), budget=2**50)  # every store fits
+    rows = {(x["protocol"], x["fraction"]): x for x in p["rows"]}
+    assert p["runs"] == 315 and all(x["runs"] == 35 for x in p["rows"])
+    # finetune 100%: 20 x (0.7 n / 100 + 0.15 n / 400) + 0.15 n / 400 seconds
+    ft = 20 * (0.7 * n / 100 + 0.15 * n / 400) + 0.15 * n / 400
+    assert math.isclose(rows[("finetune", 1.0)]["hours_per_run"], ft / 3600)
+    assert math.isclose(rows[("finetune", 1.0)]["hours"], 35 * ft / 3600)
+    # linear 10% with reuse: features of train+val+test once, 10 ms an image replayed, 11 ms to evaluate
+    n_train = 0.07 * n
+    lin = (n_train + 0.3 * n) / 500 + 20 * n_train * 0.01 + (20 * 0.15 * n + 0.15 * n) * 0.011
+    assert math.isclose(rows[("linear", 0.1)]["hours_per_run"], lin / 3600)
+    assert rows[("linear", 0.1)]["reuse"] == "reuse (memory)"
+    assert math.isclose(p["hours"], sum(x["hours"] for x in p["rows"]))
+    assert math.isclose(sum(x["share"] for x in p["rows"]), 1.0)
+    by = p["by_protocol"]
+    assert by["frozen"] > max(by["linear"], by["finetune"]) and p["dominant"].startswith("frozen (")
+
+    # over the budget: a GPU runs the frozen protocols without reuse, at their pipeline's speed
+    small = project(_result(), budget=2**30)
+    fz = {(x["protocol"], x["fraction"]): x for x in small["rows"]}[("frozen", 1.0)]
+    assert fz["reuse"].startswith("none") and fz["phases"]["features"] == 0
+    want = 20 * (0.7 * n / 50 + 0.15 * n / 400) + 0.15 * n / 400
+    assert math.isclose(fz["hours_per_run"], want / 3600)
+    cpu = project(_result(device="cpu"), budget=2**30)  # the CPU keeps them on disk
+    assert {x["reuse"] for x in cpu["rows"] if x["protocol"] == "frozen"} == {"reuse (disk)"}
+
+    assert "skipped" in project(_result(task="lungs"))
+    assert "--protocol finetune" in project(_result(protocol="frozen"))["skipped"]

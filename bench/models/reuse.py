@@ -76,6 +76,20 @@ def memory_budget() -> int:
         return 4 * 2**30
 
 
+def storage_for(nbytes: int, device_type: str, budget: int | None = None) -> tuple[str | None, str]:
+    """Where ``nbytes`` of features go: ``("memory", "")``; over the budget, ``("disk", why)``
+    on the CPU (a disk-backed array), ``(None, why)`` on a GPU (no reuse: the encoder
+    recomputes faster than a disk reads back)."""
+    budget = memory_budget() if budget is None else budget
+    if nbytes <= budget:
+        return "memory", ""
+    why = (f"the features need {nbytes / 2**30:.1f} GiB, over the memory budget of {budget / 2**30:.1f} GiB "
+           f"(${MEMORY_ENV})")  # fmt: skip
+    if device_type != "cpu":
+        return None, f"{why}; on {device_type} the encoder runs every epoch instead of reading them from disk"
+    return "disk", f"{why}: kept in a disk-backed array"
+
+
 class ReuseSkipped(RuntimeError):
     """Reuse would not pay here (features over the memory budget on a GPU); the run goes on without."""
 
@@ -149,7 +163,6 @@ class FeatureStore:
         rows: list[torch.Tensor] = []
         structure = None
         storage, spill_dir = "memory", None
-        budget = memory_budget() if budget is None else budget
 
         def hook(module, args, output):
             raise _Captured(args, output)
@@ -175,13 +188,10 @@ class FeatureStore:
                     values = _values(kind, output)
                     per_image = sum(values[k][0].numel() * values[k].element_size()
                                     for k in keys if k not in passthrough)  # fmt: skip
-                    if per_image * n_total > budget:
-                        if device.type != "cpu":  # a GPU recomputes faster than a disk reads back
-                            raise ReuseSkipped(f"the features need {per_image * n_total / 2**30:.1f} GiB, "
-                                               f"over the memory budget of {budget / 2**30:.1f} GiB "
-                                               f"(${MEMORY_ENV}); on {device.type} the encoder runs "
-                                               "every epoch instead of reading them from disk")  # fmt: skip
-                        storage = "disk"
+                    storage, why = storage_for(per_image * n_total, device.type, budget)
+                    if storage is None:
+                        raise ReuseSkipped(why)
+                    if storage == "disk":
                         spill_dir = Path(tempfile.mkdtemp(prefix="features-", dir=_spill_parent(spill_root)))
                     for k in keys:
                         if k in passthrough:

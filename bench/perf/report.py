@@ -11,11 +11,13 @@ head-only step / full step), ``reuse`` (every figure per frozen protocol), ``eva
 ``parallel`` with 2 worker processes), ``cache_build_2_vs_1`` (its images/s with 2
 workers / with 1), ``pretrain`` (method -> figures), ``memory`` (path -> peak host MiB,
 device MiB, one-batch Python allocation), ``settings``, ``command``, ``env``,
-``timing``, ``targets`` (issue 12's) and ``notes``.
+``timing``, ``targets`` (issue 12's), ``projection`` (the standard table's hours on this
+device and settings, :func:`bench.perf.projection.project`) and ``notes``.
 """
 
 from __future__ import annotations
 
+from bench.perf.projection import GOAL_HOURS, project
 from bench.perf.reuse import REUSE_NOTE
 from bench.perf.settings import PERF_VERSION, REUSE_PROTOCOLS
 
@@ -89,7 +91,7 @@ def assemble(
     settings = {**s.to_dict(), "device": str(device), "data_root": str(setup.root), "synthetic": setup.synthetic,
                 "n_images": len(setup.prepared), "n_train": len(setup.train_idx), "n_val": len(setup.splits["val"]),
                 "output": setup.cfg.output, "dicom_root": str(dicom_root), "init_source": setup.winfo.get("source")}  # fmt: skip
-    return {
+    result = {
         "perf_version": PERF_VERSION,
         "compute_ips": compute,
         "pipeline_ips": pipeline,
@@ -115,6 +117,8 @@ def assemble(
         "targets": TARGETS,
         "notes": _notes(s, setup, device, dicom_root),
     }
+    result["projection"] = project(result)
+    return result
 
 
 # --------------------------------------------------------------------------- markdown
@@ -304,6 +308,7 @@ def markdown(r: dict) -> str:
             _table(["method", "img/s", "optimizer", "build s", "text encoder"], _pretrain_rows(r)),
             "",
         ]
+    out += _projection_section(r.get("projection") or {})
     out += ["## Peak memory per path", ""]
     out += [_table(["path", "host peak MiB (RSS)", "device peak MiB", "Python alloc MiB (one batch)"],
                    _memory_rows(r)), ""]  # fmt: skip
@@ -319,6 +324,28 @@ def markdown(r: dict) -> str:
     out += ["## Machine", "", _table(["", ""], machine), ""]
     out += ["## Notes", "", *(f"- {n}" for n in r["notes"]), ""]
     return "\n".join(out)
+
+
+def _projection_section(p: dict) -> list[str]:
+    if not p:
+        return []
+    out = ["## Projection: the standard table on this device", ""]
+    if "skipped" in p:
+        return out + [f"Not projected: {p['skipped']}.", ""]
+    out += [f"{p['task']}: {p['runs']} runs (7 inits x 3 protocols x 3 label fractions x 5 seeds) on the real data "
+            f"set's {p['images']:,} images, {p['epochs']} epochs each, at the measured settings ({p['settings']}), "
+            f"one run at a time: **{p['hours']:.1f} h**. Most of it: {p['dominant']}. The goal of issue 12 is "
+            f"under {GOAL_HOURS:.0f} h for SIIM and RSNA together at resnet50, 224 px, on one GPU. Upper bounds "
+            "(every run counts all its epochs); the lr search and each run's set-up are not counted "
+            "(bench.perf.projection says how each row is computed).", ""]  # fmt: skip
+    rows = [[r["protocol"], f"{r['fraction']:.0%}", r["runs"], r["reuse"], f"{r['hours_per_run'] * 60:.1f}",
+             f"{r['hours']:.2f}", f"{r['share']:.1%}"] for r in p["rows"]]  # fmt: skip
+    rows.append(["all", "", p["runs"], "", "", f"{p['hours']:.2f}", "100%"])
+    out += [_table(["protocol", "labels", "runs", "feature reuse", "min per run", "hours", "share"], rows), ""]
+    ph = p["phases"]
+    out += [f"Phases: encoder features once {ph['features']:.2f} h, training epochs {ph['train']:.2f} h, "
+            f"validation and test {ph['eval']:.2f} h.", ""]  # fmt: skip
+    return out
 
 
 def _cpu_count():
