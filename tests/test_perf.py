@@ -40,6 +40,9 @@ def _check_result(r: dict, task: str, methods: list[str], image_size: int = 32) 
     assert r["efficiency"] == r["pipeline_ips"] / r["compute_ips"]
     assert r["cache_speedup"] == r["loader_ips"] / r["dicom_ips"]
     assert r["dicom_step_efficiency"] == r["dicom_step_ips"] / r["compute_ips"]
+    assert _positive(r["plain_fp32_ips"]) and r["fast_path_speedup"] == r["compute_ips"] / r["plain_fp32_ips"]
+    assert r["fast_path"] == ("channels_last" if torch.backends.mkldnn.is_available() else
+                              "nothing (the same float32, NCHW step)")  # fmt: skip
     assert set(r["reuse_speedup"]) == {"linear", "frozen"}
     assert "computed once" in r["reuse_note"]
     assert set(r["reuse_limit"]) == {"linear", "frozen"}
@@ -75,7 +78,7 @@ def _check_result(r: dict, task: str, methods: list[str], image_size: int = 32) 
     for path, m in r["memory"].items():
         assert _positive(m["host_peak_mb"]), path
         assert m["device_peak_mb"] is None  # CPU
-    assert {"compute", "pipeline", "loader", "dicom", "eval"} <= set(r["memory"])
+    assert {"compute", "pipeline", "plain_fp32", "loader", "dicom", "eval"} <= set(r["memory"])
     s = r["settings"]
     assert (
         s["task"] == task
@@ -99,7 +102,7 @@ def test_perf_siim_writes_table_and_json(tiny_synth, tmp_path):
     r = json.loads(js.read_text())
     _check_result(r, "siim", ["simclr", "moco", "convirt", "clip", "supervised"])
     text = md.read_text()
-    for name in ("compute_ips", "pipeline_ips", "efficiency", "cache_speedup", "reuse_limit frozen",
+    for name in ("compute_ips", "pipeline_ips", "efficiency", "cache_speedup", "reuse_limit frozen", "fast_path_speedup",
                  "cache_build_ips", "cache_build_ips 2 workers", "cache_build_2_vs_1", "## Feature reuse", "## Pretraining", "## Projection", "## Peak memory", "## Settings", "## Machine"):  # fmt: skip
         assert name in text
 
@@ -189,3 +192,20 @@ def test_projection_of_the_standard_table_is_its_formula():
 
     assert "skipped" in project(_result(task="lungs"))
     assert "--protocol finetune" in project(_result(protocol="frozen"))["skipped"]
+
+
+def test_plain_fp32_turns_the_fast_path_off_and_back_on(monkeypatch):
+    from bench.models import device as dev
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    cuda = torch.device("cuda")
+    assert isinstance(dev.autocast(cuda), torch.autocast) and dev.channels_last(cuda)
+    with dev.plain_fp32():
+        assert not dev.channels_last(cuda) and not dev.channels_last(cpu)
+        assert not isinstance(dev.autocast(cuda), torch.autocast)
+        assert not dev.grad_scaler(cuda).is_enabled()
+        with dev.plain_fp32():  # nested: still off after the inner block
+            pass
+        assert not dev.channels_last(cuda)
+    assert dev.channels_last(cuda) and isinstance(dev.autocast(cuda), torch.autocast)

@@ -4,7 +4,8 @@ Owns :func:`resolve_device` (``auto`` = the GPU when there is one; a device this
 cannot provide is a :class:`DeviceError`, bad input), :func:`autocast`
 (bf16 on GPUs that have it, fp16 otherwise, nothing on CPU), :func:`grad_scaler`
 (only for fp16), :func:`channels_last` (the memory format of models and image batches:
-NHWC on CUDA and on CPUs with oneDNN), :func:`loader_workers` (DataLoader workers when not given: none on
+NHWC on CUDA and on CPUs with oneDNN), :func:`plain_fp32` (both off, for ``bench perf``'s
+baseline), :func:`loader_workers` (DataLoader workers when not given: none on
 CPU, ``min(4, cores)`` on CUDA) and :func:`compile_model` (``--compile``). On CPU
 everything runs in float32 and repeats exactly for a seed.
 """
@@ -55,9 +56,26 @@ def resolve_device(name: str) -> torch.device:
     raise DeviceError(f"--device {name}: device type {device.type!r} is not supported; use {DEVICE_HELP}")
 
 
+_PLAIN = {"on": False}  # inside plain_fp32(): no autocast, no channels_last
+
+
+@contextlib.contextmanager
+def plain_fp32():
+    """Inside the block, :func:`autocast` does nothing and :func:`channels_last` is False
+    (so :func:`grad_scaler` is off): the plain float32, NCHW path, which ``bench perf``
+    times beside the default one (``fast_path_speedup``). Models and loss steps built
+    inside keep NCHW; run them inside it too."""
+    old = _PLAIN["on"]
+    _PLAIN["on"] = True
+    try:
+        yield
+    finally:
+        _PLAIN["on"] = old
+
+
 def autocast(device: torch.device):
     """bf16 autocast on GPUs that have it, fp16 otherwise; nothing on CPU."""
-    if device.type != "cuda":
+    if device.type != "cuda" or _PLAIN["on"]:
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast("cuda", dtype=dtype)
@@ -71,11 +89,13 @@ def channels_last(device: torch.device) -> bool:
     smp U-Net resnet18 64 px batch 16 x1.09 (finetune) and x1.17 (its decoder alone, as
     under ``frozen`` with feature reuse); RetinaNet resnet18-FPN 128 px x1.04.
     """
+    if _PLAIN["on"]:
+        return False
     return device.type == "cuda" or (device.type == "cpu" and torch.backends.mkldnn.is_available())
 
 
 def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
-    enabled = device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    enabled = device.type == "cuda" and not torch.cuda.is_bf16_supported() and not _PLAIN["on"]
     return torch.amp.GradScaler("cuda", enabled=enabled)
 
 

@@ -4,7 +4,7 @@ Order: the run's setup (data, initialization, cache, split) as ``bench run`` mak
 it; the 1024x1024 DICOM folder and the timed cache builds (1 worker, then 2 workers,
 each into a fresh cache); the data paths side by side
 (``loader_ips``, ``dicom_ips``); the training paths of ``--protocol`` side by side
-(``compute_ips``, ``pipeline_ips``, ``dicom_step_ips``); the reuse limit of each frozen
+(``compute_ips``, ``pipeline_ips``, ``dicom_step_ips``, ``plain_fp32_ips``); the reuse limit of each frozen
 protocol; evaluation; pretraining per method. Progress goes to stderr.
 """
 
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from bench.models.device import plain_fp32
 from bench.perf import dicom
 from bench.perf.evaluation import measure_eval
 from bench.perf.meter import forever, python_alloc_peak_mb, side_by_side, take, to_device
@@ -27,7 +28,7 @@ from bench.perf.report import assemble
 from bench.perf.reuse import measure_reuse
 from bench.perf.settings import REUSE_PROTOCOLS, PerfSettings
 from bench.perf.setup import Setup
-from bench.perf.training import compute_path, data_path, first_batch, train_path
+from bench.perf.training import compute_path, data_path, first_batch, plain_path, train_path
 
 
 def _log(s: PerfSettings, text: str) -> None:
@@ -102,8 +103,10 @@ def _measure(s: PerfSettings) -> dict:
 
         _log(s, f"training paths ({s.protocol}): compute limit, pipeline, DICOM-fed step")
         batch = first_batch(train_loader(), device)
+        with plain_fp32():  # the same model and step in float32, NCHW: what the fast path gains
+            plain = setup.trainer()
         train = side_by_side([compute_path("compute", main, batch), train_path("pipeline", main, train_loader()),
-                              train_path("dicom_step", main, dicom_loader())],
+                              train_path("dicom_step", main, dicom_loader()), plain_path("plain_fp32", plain, batch)],
                              device=device, steps=s.steps, warmup=s.warmup, rounds=s.resolved_rounds, progress=s.progress,
                              label="train")  # fmt: skip
 

@@ -4,7 +4,9 @@ JSON fields (all images/s unless named otherwise; ratios are computed from the
 unrounded figures, so ``efficiency == pipeline_ips / compute_ips`` exactly):
 ``compute_ips``, ``pipeline_ips``, ``efficiency``, ``loader_ips``, ``dicom_ips``,
 ``cache_speedup`` (``loader_ips / dicom_ips``), ``dicom_step_ips``,
-``dicom_step_efficiency`` (``dicom_step_ips / compute_ips``), ``reuse_speedup``
+``dicom_step_efficiency`` (``dicom_step_ips / compute_ips``), ``plain_fp32_ips`` (the
+compute step in float32, NCHW), ``fast_path_speedup`` (``compute_ips / plain_fp32_ips``)
+and ``fast_path`` (what the default step adds: bf16 autocast, channels_last), ``reuse_speedup``
 (protocol -> ratio, a real epoch without / with reuse), ``reuse_limit`` (protocol ->
 head-only step / full step), ``reuse`` (every figure per frozen protocol), ``eval``,
 ``cache_build`` (the task's cache build of the 1024x1024 DICOMs: in-process, and
@@ -27,6 +29,19 @@ TARGETS = {
     "reuse_speedup": {"linear": 15.0, "frozen": 1.15},
     "cache_build_2_vs_1_workers": 1.7,
 }
+
+
+def _fast_path(device) -> str:
+    """What ``compute_ips`` runs that ``plain_fp32_ips`` does not, on ``device``."""
+    from bench.models.device import autocast, channels_last
+
+    parts = []
+    ctx = autocast(device)
+    if getattr(ctx, "fast_dtype", None) is not None:
+        parts.append(f"{str(ctx.fast_dtype).replace('torch.', '')} autocast")
+    if channels_last(device):
+        parts.append("channels_last")
+    return " + ".join(parts) or "nothing (the same float32, NCHW step)"
 
 
 def command(s, device) -> str:
@@ -74,10 +89,11 @@ def assemble(
     from bench.env import env_info
 
     device = setup.device
-    compute, pipeline, dstep = (train[k].ips for k in ("compute", "pipeline", "dicom_step"))
+    compute, pipeline, dstep, plain = (train[k].ips for k in ("compute", "pipeline", "dicom_step", "plain_fp32"))
     loader, dicom_ips = data["loader"].ips, data["dicom"].ips
     memory = {"compute": train["compute"].memory(), "pipeline": train["pipeline"].memory(),
-              "dicom_step": train["dicom_step"].memory(), "loader": data["loader"].memory(),
+              "dicom_step": train["dicom_step"].memory(), "plain_fp32": train["plain_fp32"].memory(),
+              "loader": data["loader"].memory(),
               "dicom": data["dicom"].memory()}  # fmt: skip
     memory["loader"]["python_alloc_batch_mb"] = alloc["loader"]
     memory["dicom"]["python_alloc_batch_mb"] = alloc["dicom"]
@@ -101,6 +117,9 @@ def assemble(
         "cache_speedup": loader / dicom_ips,
         "dicom_step_ips": dstep,
         "dicom_step_efficiency": dstep / compute,
+        "plain_fp32_ips": plain,
+        "fast_path_speedup": compute / plain,
+        "fast_path": _fast_path(device),
         "reuse_speedup": speedups,
         "reuse_limit": {p: reuse[p]["limit"] for p in REUSE_PROTOCOLS},
         "reuse_note": REUSE_NOTE,
@@ -201,6 +220,21 @@ def _main_rows(r: dict) -> list[list[str]]:
             "",
             "",
             f"the training step fed by the DICOM path ({r['dicom_step_efficiency']:.2f} of compute_ips)",
+        ],
+        [
+            "plain_fp32_ips",
+            _n(r["plain_fp32_ips"]),
+            "",
+            "",
+            "the compute_ips step in float32, NCHW: no autocast, no channels_last"
+            + (" (CUDA convolutions may still use TF32, torch's default)" if kind == "cuda" else ""),
+        ],
+        [
+            "fast_path_speedup",
+            _x(r["fast_path_speedup"]),
+            "report (GPU: resnet50 U-Net 224 px finetune)",
+            "",
+            f"compute_ips / plain_fp32_ips: what {r['fast_path']} gains",
         ],
     ]
     for p, limit in r["reuse_limit"].items():
