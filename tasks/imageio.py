@@ -339,12 +339,33 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """{0,1} (H, W) -> {0,1} (size, size): area fraction (or bilinear) >= 0.5."""
+    """{0,1} (H, W) -> {0,1} (size, size): area fraction (or bilinear) >= 0.5.
+
+    Shrinking by a power of two in each direction (1024 -> 512, 256, 128, 64, ...) counts
+    the pixels of each block in integers; that is Pillow's BOX filter exactly (its weights
+    1/2^k and their sums are exact in floating point), at a third of the time and memory
+    traffic. Any other size goes through Pillow's BOX (shrinking) or BILINEAR filter on
+    the float mask."""
+    mask = np.asarray(mask)
     if mask.shape == (size, size):
-        return (np.asarray(mask) > 0).astype(np.uint8)
-    if not np.asarray(mask).any():  # most masks (a negative image): no resampling needed
+        return (mask > 0).astype(np.uint8)
+    if not mask.any():  # most masks (a negative image): no resampling needed
         return np.zeros((size, size), np.uint8)
+    (h, w), binary = mask.shape, (mask > 0).view(np.uint8)
+    if h % size == 0 and w % size == 0 and _power_of_two(h // size) and _power_of_two(w // size):
+        fh, fw = h // size, w // size
+        rows = binary.reshape(h, size, fw).sum(-1, dtype=np.uint32)  # (h, size)
+        counts = rows.reshape(size, fh, size).sum(1, dtype=np.uint32)
+        return (2 * counts >= fh * fw).astype(np.uint8)
+    return _resize_mask_pil(binary, size)
+
+
+def _power_of_two(n: int) -> bool:
+    return n >= 1 and n & (n - 1) == 0
+
+
+def _resize_mask_pil(mask: np.ndarray, size: int) -> np.ndarray:
     shrink = mask.shape[0] >= size and mask.shape[1] >= size
     resample = Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR
-    frac = Image.fromarray((np.asarray(mask) > 0).astype(np.float32))
+    frac = Image.fromarray((mask > 0).astype(np.float32))
     return (np.asarray(frac.resize((size, size), resample)) >= 0.5).astype(np.uint8)

@@ -555,3 +555,28 @@ def test_resize_non_square():
     small = imageio.resize_mask(mask, 16)
     assert small[:, :8].all() and not small[:, 8:].any()
     assert imageio.resize_mask(np.ones((4, 4), np.uint8), 8).all()  # enlarging too
+
+
+def test_power_of_two_mask_shrink_is_pillows_box_filter_exactly():
+    rng = np.random.default_rng(5)
+    seen_half = 0
+    for t in range(120):
+        h, w = [(1024, 1024), (512, 1024), (256, 64)][t % 3]
+        size = [8, 16, 32, 64][t % 4]
+        mask = np.zeros((h, w), np.uint8)
+        if t % 4 == 0:
+            mask = (rng.random((h, w)) < rng.random()).astype(np.uint8)
+        else:
+            for _ in range(3):
+                y, x = rng.integers(0, h), rng.integers(0, w)
+                mask[y : y + rng.integers(1, h // 2), x : x + rng.integers(1, w // 2)] = rng.integers(1, 256)
+            fw = w // size
+            mask[:, 3 * fw : 3 * fw + fw // 2] = 1  # blocks exactly half covered: the threshold's edge
+        fast = imageio.resize_mask(mask, size)
+        np.testing.assert_array_equal(fast, imageio._resize_mask_pil(mask, size), err_msg=f"case {t}")
+        counts = (mask > 0).reshape(size, h // size, size, w // size).sum((1, 3))
+        seen_half += int((2 * counts == (h // size) * (w // size)).sum())
+    assert seen_half > 100  # exact halves were compared, and count as inside (>= 0.5)
+    # other factors still go through Pillow
+    odd = (rng.random((100, 100)) < 0.5).astype(np.uint8)
+    np.testing.assert_array_equal(imageio.resize_mask(odd, 30), imageio._resize_mask_pil(odd, 30))
