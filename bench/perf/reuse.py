@@ -4,13 +4,13 @@ With a frozen encoder and no augmentation the encoder's outputs are the same eve
 epoch; the engine computes them once (:mod:`bench.models.reuse`) and trains only the
 head. Measured per protocol (``linear``, ``frozen``), in one process:
 
-- ``epoch_s``: one training epoch without reuse, through the real loader
-  (``epoch_s = n_train / pipeline_ips``, projected from the timed steps);
-- ``reuse_epoch_s``: one real training epoch with reuse (the median of several): the engine's
+- ``epoch_s``: one real training epoch without reuse, through the real loader, and
+  ``reuse_epoch_s``: one with reuse: the engine's
   :class:`~bench.models.reuse.FeatureStore` built once on the train split (its time is
   ``features_once_s``, not part of the epoch), then the real loop over
-  :class:`~bench.models.reuse.ReplayLoader` batches; ``speedup = epoch_s / reuse_epoch_s``
-  is ``reuse_speedup[protocol]``;
+  :class:`~bench.models.reuse.ReplayLoader` batches. The two are timed in interleaved
+  rounds (:func:`reuse_epochs`); ``speedup``, the median of the rounds' ratios, is
+  ``reuse_speedup[protocol]``;
 - the limit, on one batch already on the device: ``full_step_ips`` (the real training
   step) and ``head_step_ips`` (the same step with the encoder replaced by :class:`Replay`,
   which hands back that batch's features), ``limit = head_step_ips / full_step_ips``;
@@ -39,7 +39,7 @@ REUSE_NOTE = ("reuse_speedup: a real training epoch with the encoder's features 
               "both on device tensors")  # fmt: skip
 
 
-MIN_TIMED_EPOCHS, MIN_TIMED_SECONDS, MAX_TIMED_EPOCHS = 3, 1.0, 100
+MIN_ROUNDS, MAX_ROUNDS, MIN_TIMED_SECONDS, MAX_REPLAYED_PER_ROUND = 3, 20, 1.0, 100
 
 
 class Replay(nn.Module):
@@ -110,33 +110,61 @@ def head_loss_difference(trainer, batch, features) -> float:
     return float((full.float() - head.float()).abs())
 
 
-def reuse_epoch_seconds(setup, trainer) -> tuple[float, float, dict]:
-    """(seconds of one real training epoch with encoder-feature reuse, seconds to compute the
-    features once, the store's summary), on ``setup.train_idx`` with ``trainer``'s model.
+def reuse_epochs(setup, trainer) -> dict:
+    """Real training epochs on ``setup.train_idx`` without and with encoder-feature reuse,
+    interleaved, with ``trainer``'s model: ``epoch_s``, ``reuse_epoch_s``, ``speedup``,
+    ``round_speedups``, ``features_once_s``, ``store`` (its summary, with ``timed_epochs`` and ``rounds``).
 
-    The epoch's seconds are the median of at least ``MIN_TIMED_EPOCHS`` epochs, more until
-    they add up to ``MIN_TIMED_SECONDS`` (a replayed linear epoch of the synthetic set takes
-    ~30 ms: one timing of it moved the ratio between x13 and x16 from run to run)."""
+    Each round is one epoch through the real loader with the encoder, then replayed
+    epochs until they have taken as long (at least one), so both sides of the ratio see the
+    same machine load; a burst of load on a shared machine moves one round, not the
+    figure. ``speedup`` is the median over the rounds of (epoch without reuse / mean
+    replayed epoch of that round); ``epoch_s`` and ``reuse_epoch_s`` are the medians of
+    the same. At least ``MIN_ROUNDS`` rounds, more until the replayed epochs add up to
+    ``MIN_TIMED_SECONDS`` (a replayed linear epoch of the synthetic set takes ~30 ms);
+    with ``--rounds`` below ``MIN_ROUNDS``, that many rounds."""
     loader = trainer.loader(setup.prepared, setup.train_idx, train=True)
     once = trainer.loader(setup.prepared, sorted(setup.train_idx), train=False)
     store = FeatureStore.build(trainer.model, trainer.head.loss_step, once, setup.device,
                                batch_size=trainer.cfg.batch_size)  # fmt: skip
-    try:
-        replay = ReplayEncoder(store)
+    replay = ReplayEncoder(store)
+
+    def timed(batches) -> float:
+        _sync(setup.device)
+        t0 = time.perf_counter()
+        trainer.train(batches)
+        _sync(setup.device)
+        return time.perf_counter() - t0
+
+    def replayed() -> float:
         with replaced_encoder(trainer.model, replay):
-            trainer.train(ReplayLoader(loader, replay))  # warm-up epoch
-            epochs: list[float] = []
-            while len(epochs) < MAX_TIMED_EPOCHS and (
-                len(epochs) < MIN_TIMED_EPOCHS or sum(epochs) < MIN_TIMED_SECONDS
-            ):
-                _sync(setup.device)
-                t0 = time.perf_counter()
-                trainer.train(ReplayLoader(loader, replay))
-                _sync(setup.device)
-                epochs.append(time.perf_counter() - t0)
-        return statistics.median(epochs), store.seconds, store.summary() | {"timed_epochs": len(epochs)}
+            return timed(ReplayLoader(loader, replay))
+
+    # --rounds below MIN_ROUNDS (a quick check, the test suite's): that many, no time minimum
+    min_rounds = min(MIN_ROUNDS, setup.settings.resolved_rounds)
+    min_seconds = MIN_TIMED_SECONDS if min_rounds == MIN_ROUNDS else 0.0
+    try:
+        timed(loader), replayed()  # warm-up, untimed
+        rounds: list[tuple[float, list[float]]] = []
+        while len(rounds) < MAX_ROUNDS and (
+            len(rounds) < min_rounds or sum(sum(r) for _, r in rounds) < min_seconds
+        ):
+            plain, reused = timed(loader), []
+            while not reused or (sum(reused) < plain and len(reused) < MAX_REPLAYED_PER_ROUND):
+                reused.append(replayed())
+            rounds.append((plain, reused))
     finally:
         store.close()
+    means = [statistics.fmean(r) for _, r in rounds]
+    ratios = [p / m for (p, _), m in zip(rounds, means)]
+    return {
+        "epoch_s": statistics.median(p for p, _ in rounds),
+        "reuse_epoch_s": statistics.median(means),
+        "speedup": statistics.median(ratios),
+        "round_speedups": ratios,
+        "features_once_s": store.seconds,
+        "store": store.summary() | {"timed_epochs": sum(len(r) for _, r in rounds), "rounds": len(rounds)},
+    }
 
 
 def _sync(device) -> None:
@@ -162,14 +190,13 @@ def measure_reuse(setup, protocol: str) -> dict:
         meters[k].ips for k in ("full_step", "head_step", "encoder", "pipeline")
     )
     n = len(setup.train_idx)
-    epoch_s = n / pipe
     # a fresh model (the paths above trained this one on one batch, over and over), stepped
-    # at lr 0: the same work per step, and a timing epoch that cannot diverge
+    # at lr 0: the same work per step, and timing epochs that cannot diverge
     fresh = setup.trainer(protocol)
     for group in fresh.optimizer.param_groups:
         group["lr"] = 0.0
-    reuse_s, once_s, store = reuse_epoch_seconds(setup, fresh)
-    speedup = epoch_s / reuse_s
+    epochs = reuse_epochs(setup, fresh)
+    speedup = epochs["speedup"]
     return {
         "output": trainer.output,
         "full_step_ips": full,
@@ -179,12 +206,13 @@ def measure_reuse(setup, protocol: str) -> dict:
         "limit": head / full,
         "head_loss_diff": diff,
         "n_train": n,
-        "epoch_s": epoch_s,
+        "epoch_s": epochs["epoch_s"],
         "epoch_s_reuse_limit": n / head,
-        "features_once_s": once_s,
-        "reuse_epoch_s": reuse_s,
+        "features_once_s": epochs["features_once_s"],
+        "reuse_epoch_s": epochs["reuse_epoch_s"],
         "speedup": speedup,
+        "round_speedups": epochs["round_speedups"],
         "ratio_to_limit": speedup / (head / full),
-        "store": store,
+        "store": epochs["store"],
         "memory": {f"reuse_{protocol}_{k}": m.memory() for k, m in meters.items()},
     }
