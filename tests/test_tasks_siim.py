@@ -114,6 +114,35 @@ def test_rle_errors(rle, fmt, message):
         siim.rle_decode(rle, 3, 4, fmt)
 
 
+def test_check_rle_accepts_and_refuses_exactly_what_rle_runs_does():
+    from tasks.siim.rle import check_rle, rle_runs
+
+    rng = random.Random(7)
+    pieces = ["0", "1", "7", "00", "01", "10", "-1", "-0", "a", "1.5", "9" * 18, "9" * 19, "12345678901234567890"]
+    cases = ["1 2", "0 5", "01 2", "1  2", " 1 2", "1 2 ", "1\t2", "3 4 5", "0 0", "5 0 0 3", "1 2 3 4"]
+    for _ in range(3000):
+        n = rng.randint(1, 6)
+        sep = lambda: rng.choice([" "] * 8 + ["  ", "\t"])  # noqa: E731
+        cases.append(sep().join(rng.choice(pieces) if rng.random() < 0.3 else str(rng.randint(0, 999))
+                                for _ in range(n)).strip())  # fmt: skip
+    accepted = 0
+    for rle in cases:
+        for fmt in ("relative", "absolute"):
+            try:
+                rle_runs(rle, fmt)
+                want = None
+            except (ValueError, OverflowError) as e:
+                want = type(e), str(e)
+            try:
+                check_rle(rle, fmt)
+                got = None
+            except (ValueError, OverflowError) as e:
+                got = type(e), str(e)
+            assert got == want, (rle, fmt)
+            accepted += want is None
+    assert 1000 < accepted < 2 * len(cases)  # both sides of the check were exercised
+
+
 def test_rle_edge_runs_allowed():
     assert siim.rle_decode("10 2", 3, 4).sum() == 2  # ends exactly at the last pixel
     assert siim.rle_decode("11 2", 3, 4, "absolute")[:, -1].tolist() == [0, 1, 1]

@@ -67,9 +67,15 @@ def cache_key(
 
 
 def _file_stats(files: Iterable[Path], root: Path):
+    """(path under root, size, mtime) of each file: the path as given, made absolute (no
+    symlinks resolved: a realpath per file was most of a key's time), relative to root
+    when it lies under it."""
+    prefix = os.path.join(str(root), "")
     for f in files:
         st = os.stat(f)
-        yield (relative_path(f, root), st.st_size, st.st_mtime_ns)
+        p = os.path.abspath(f)
+        rel = p[len(prefix):] if p.startswith(prefix) else p
+        yield (rel.replace(os.sep, "/"), st.st_size, st.st_mtime_ns)
 
 
 def relative_path(path, root: Path) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from tasks import cache
 from tasks.csvfile import read_csv
 from tasks.errors import DataError
-from tasks.siim.rle import RLE_FORMATS, is_negative, rle_runs
+from tasks.siim.rle import RLE_FORMATS, check_rle, is_negative
 
 TASK = "siim"
 DICOM_DIR = "dicom-images-train"
@@ -103,7 +103,7 @@ def read_labels(csv_path, rle_format: str) -> dict[str, list[tuple[int, str]]]:
             raise DataError(f"{table.path}: line {line}: empty ImageId")
         if not is_negative(rle):
             try:
-                rle_runs(rle, rle_format)
+                check_rle(rle, rle_format)
             except ValueError as e:
                 raise DataError(f"{table.path}: line {line}: ImageId {image_id}: {e}") from None
         labels.setdefault(image_id, []).append((line, rle))
