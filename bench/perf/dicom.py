@@ -5,7 +5,8 @@ written once by the task's ``synth`` under ``$CXRBENCH_CACHE/perf/``, with its m
 plain, RLE, JPEG, MONOCHROME1 and rescaled files), :func:`timed_cache_build` (the
 task's ``prepare`` of that folder into a fresh cache with a given number of worker
 processes, ``$CXRBENCH_CACHE_WORKERS``: cache-build images/s),
-:func:`cache_build_summary` (the builds with 1 and 2 workers side by side) and
+:func:`timed_cache_builds` and :func:`cache_build_summary` (the builds with 1 and 2
+workers side by side, in rounds) and
 :func:`dicom_prepared` (that cache with its images replaced by
 :class:`DicomImages`: every access reads the DICOM with
 :func:`tasks.imageio.read_dicom` and resizes it with :func:`tasks.imageio.resize_image`,
@@ -19,6 +20,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from tasks.imageio import read_dicom, resize_image
 
 SOURCE_SIZE = 1024  # the real SIIM and RSNA DICOMs
 CACHE_BUILD_WORKERS = (1, 2)  # the cache build is timed in-process and with 2 workers (issue 12)
+CACHE_BUILD_ROUNDS = 3  # ... side by side, this many times (fewer with a smaller --rounds)
 
 
 def dicom_root(task: str, n: int, *, progress: bool = True) -> Path:
@@ -89,14 +92,30 @@ def timed_cache_build(
     return CacheBuild(prepared, seconds, workers=int(used))
 
 
-def cache_build_summary(one: CacheBuild, two: CacheBuild, image_size: int) -> dict:
-    """The ``cache_build`` figures: the 1-worker build's (as before), plus ``parallel``
-    (the same DICOMs built with 2 workers) and ``ratio_2_vs_1`` = ips(2) / ips(1)."""
+def timed_cache_builds(task: str, root: Path, image_size: int, folder: Path, options: dict,
+                       *, rounds: int) -> list[tuple[CacheBuild, ...]]:  # fmt: skip
+    """``rounds`` rounds of one timed build per :data:`CACHE_BUILD_WORKERS` count, each
+    into a fresh cache under ``folder``: the builds of one ratio side by side, round
+    after round, so a burst of load on the machine moves one round, not the ratio."""
+    return [tuple(timed_cache_build(task, root, image_size, folder / f"cache-r{r}-{w}w", options, workers=w)
+                  for w in CACHE_BUILD_WORKERS) for r in range(max(1, rounds))]  # fmt: skip
+
+
+def cache_build_summary(rounds: list[tuple[CacheBuild, CacheBuild]], image_size: int) -> dict:
+    """The ``cache_build`` figures over the rounds of :func:`timed_cache_builds`: the
+    1-worker build's (its median images/s and seconds), ``parallel`` (the 2-worker
+    build's), ``ratio_2_vs_1`` (the median of the rounds' ips(2) / ips(1)) and
+    ``round_ratios``."""
     from tasks.cache import usable_cores
 
+    one, two = rounds[0]
+    ratios = [b.ips / a.ips for a, b in rounds]
     summary = one.summary(image_size)
-    summary["parallel"] = {"ips": two.ips, "workers": two.workers, "seconds": two.seconds}
-    summary["ratio_2_vs_1"] = two.ips / one.ips
+    summary.update(ips=statistics.median(a.ips for a, _ in rounds), seconds=statistics.median(a.seconds for a, _ in rounds))
+    summary["parallel"] = {"ips": statistics.median(b.ips for _, b in rounds), "workers": two.workers,
+                           "seconds": statistics.median(b.seconds for _, b in rounds)}  # fmt: skip
+    summary["ratio_2_vs_1"] = statistics.median(ratios)
+    summary["round_ratios"] = ratios
     summary["usable_cores"] = usable_cores()
     return summary
 

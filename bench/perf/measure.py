@@ -1,7 +1,7 @@
 """``measure(settings)``: every figure of ``bench perf``, measured in one process.
 
 Order: the run's setup (data, initialization, cache, split) as ``bench run`` makes
-it; the 1024x1024 DICOM folder and the timed cache builds (1 worker, then 2 workers,
+it; the 1024x1024 DICOM folder and the timed cache builds (1 worker, then 2 workers, in rounds,
 each into a fresh cache); the data paths side by side
 (``loader_ips``, ``dicom_ips``); the training paths of ``--protocol`` side by side
 (``compute_ips``, ``pipeline_ips``, ``dicom_step_ips``, ``plain_fp32_ips``); the reuse limit of each frozen
@@ -83,11 +83,11 @@ def _measure(s: PerfSettings) -> dict:
         )
         droot = dicom.dicom_root(s.task, s.dicoms, progress=s.progress)
         options = setup.cfg.spec.option_values(setup.cfg)
-        build, build2 = (dicom.timed_cache_build(s.task, droot, s.image_size, tmp / f"cache-{w}w", options, workers=w)
-                         for w in dicom.CACHE_BUILD_WORKERS)  # fmt: skip
-        cache_build = dicom.cache_build_summary(build, build2, s.image_size)
-        dprep = dicom.dicom_prepared(build.prepared)
-        didx = dicom.cycled_indices(len(build.prepared), s.batch_size)
+        builds = dicom.timed_cache_builds(s.task, droot, s.image_size, tmp, options,
+                                          rounds=min(dicom.CACHE_BUILD_ROUNDS, s.resolved_rounds))  # fmt: skip
+        cache_build = dicom.cache_build_summary(builds, s.image_size)
+        dprep = dicom.dicom_prepared(builds[0][0].prepared)
+        didx = dicom.cycled_indices(len(builds[0][0].prepared), s.batch_size)
 
         def dicom_loader():
             return main.loader(dprep, didx, train=True)

@@ -286,7 +286,8 @@ def _main_rows(r: dict) -> list[list[str]]:
             _x(r["cache_build_2_vs_1"]),
             f">= {build_target:g}x (2 cores)",
             _meets(r["cache_build_2_vs_1"], build_target),
-            "cache-build images/s with 2 workers / with 1 (same DICOMs, same process)",
+            f"cache-build images/s with 2 workers / with 1 (same DICOMs, same process; the median of "
+            f"{len(cb.get('round_ratios') or [1])} round(s) side by side)",
         ],
     ]
     return rows
