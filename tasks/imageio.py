@@ -343,8 +343,8 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
 
     Shrinking by a power of two in each direction (1024 -> 512, 256, 128, 64, ...) counts
     the pixels of each block in integers; that is Pillow's BOX filter exactly (its weights
-    1/2^k and their sums are exact in floating point), at a third of the time and memory
-    traffic. Any other size goes through Pillow's BOX (shrinking) or BILINEAR filter on
+    1/2^k and their sums are exact in floating point), in 40% of the time (1024 -> 64:
+    2.6-2.9 -> 1.03 ms a mask on this project's machine). Any other size goes through Pillow's BOX (shrinking) or BILINEAR filter on
     the float mask."""
     mask = np.asarray(mask)
     if mask.shape == (size, size):

@@ -226,9 +226,11 @@ def watch_parent(parent_pid: int, *, poll_s: float = PARENT_POLL_S, grace_s: flo
     Without it, an orphaned worker would finish its run and write its record while a
     resumed sweep, which holds the folder's lock again, reruns the same run in the same
     place (and then wait for work forever). A daemon thread polls the parent pid; once it
-    changed, an idle worker exits at once, and a busy one gets a KeyboardInterrupt in its
-    main thread: the runner records the run ``failed: interrupted`` (a resume runs it
-    again) and :func:`_run_in_worker` exits; whatever else it runs has ``grace_s``.
+    changed, a worker inside :func:`_run_in_worker` gets a KeyboardInterrupt in its main
+    thread: the runner records the run ``failed: interrupted`` (a resume runs it again)
+    and the worker exits, or is exited after ``grace_s``. Any other worker exits at once,
+    as under SIGKILL: idle, or in another call such as a demo pretraining, which resumes
+    from its last ``state.pt``.
     """
     import _thread
     import threading
